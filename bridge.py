@@ -1,0 +1,1613 @@
+#!/usr/bin/env python3
+"""claude-bridge: an OpenAI-compatible API over the Claude Code CLI and Ollama.
+
+Point any OpenAI client at http://127.0.0.1:8080/v1 and every request runs through the
+`claude` CLI (or a local Ollama for models named `ollama/...`), with each request's tokens,
+cost and outcome kept in SQLite. Run it with `python bridge.py`; `--help` lists settings.
+"""
+
+import argparse
+import collections
+import hmac
+import json
+import os
+import queue
+import re
+import secrets
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import bottle
+
+__version__ = "0.1.0"
+
+
+# ----------------------------------------------------------------------------------------
+# Settings
+# ----------------------------------------------------------------------------------------
+
+def _parse_bool(raw):
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _int_between(low, high):
+    def parse(raw):
+        value = int(raw.strip())
+        if not low <= value <= high:
+            raise ValueError(f"expected a whole number from {low} to {high}")
+        return value
+    return parse
+
+
+def _seconds(raw):
+    value = float(raw.strip())
+    if not 0 < value <= 86400:
+        raise ValueError("expected seconds, more than 0 and at most 86400")
+    return value
+
+
+def _one_of(*choices):
+    def parse(raw):
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ValueError("expected one of " + ", ".join(choices))
+        return value
+    return parse
+
+
+def _http_url(raw):
+    value = raw.strip().rstrip("/")
+    if not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
+        raise ValueError("expected an http:// or https:// URL")
+    return value
+
+
+def _text(raw):
+    return raw.strip()
+
+
+def _directory(raw):
+    value = raw.strip()
+    if value and not os.path.isdir(value):
+        raise ValueError("no such directory")
+    return value
+
+
+def _model_setting(raw):
+    value = raw.strip()
+    if value != "claude-code" and not value.startswith("ollama/") \
+            and not _MODEL_NAME.match(value):
+        raise ValueError("expected a model name such as claude-code, sonnet or ollama/llama3.2")
+    return value
+
+
+# Model names passed to --model: plain names only, never something the CLI reads as a flag.
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9._:\[\]][A-Za-z0-9._:\[\]-]{0,199}$")
+
+
+Setting = collections.namedtuple("Setting", "name default parse help")
+
+# The one table of settings: each is an environment variable and a --flag. The README's
+# settings table is checked against this by the tests.
+SETTINGS = (
+    Setting("HOST", "127.0.0.1", _text, "Address to listen on (127.0.0.1 keeps it on this machine)."),
+    Setting("PORT", "8080", _int_between(0, 65535), "Port to listen on (0 picks a free one)."),
+    Setting("THREADS", "64", _int_between(4, 1024),
+            "Worker threads; each open request or stream holds one."),
+    Setting("MAX_BODY_MB", "32", _int_between(1, 1024), "Largest request body accepted, in MiB."),
+    Setting("CLAUDE_BIN", "", _text, "Path to the `claude` executable (default: found on PATH)."),
+    Setting("CLAUDE_WORKDIR", "", _directory,
+            "Working directory of the CLI (default: where the bridge was started)."),
+    Setting("CLAUDE_SKIP_PERMS", "false", _parse_bool,
+            "Pass --dangerously-skip-permissions: the CLI runs tools without asking."),
+    Setting("CLAUDE_DEFAULT_MODEL", "claude-code", _model_setting,
+            "Model used when a request names none (claude-code = the CLI's own default)."),
+    Setting("CLAUDE_SYSTEM_PROMPT", "append", _one_of("append", "replace"),
+            "System messages: append to Claude Code's prompt, or replace it."),
+    Setting("CLAUDE_TIMEOUT", "600", _seconds, "Seconds a whole Claude request may take."),
+    Setting("CLAUDE_IDLE_TIMEOUT", "120", _seconds,
+            "Seconds the CLI may stay silent before the request is ended."),
+    Setting("CLAUDE_MAX_CONCURRENCY", "4", _int_between(1, 1024),
+            "CLIs running at once (each needs 200-300 MB)."),
+    Setting("CLAUDE_QUEUE_TIMEOUT", "30", _seconds,
+            "Seconds a request waits for a free CLI slot before a 429."),
+    Setting("CLAUDE_AUTH_KEY", "", _text,
+            "If set, clients must send `Authorization: Bearer <key>` (all routes but /health)."),
+    Setting("OLLAMA_URL", "http://localhost:11434", _http_url, "Base URL of the Ollama server."),
+    Setting("USAGE_DB_PATH", "./usage.db", _text, "SQLite file for usage rows and sessions."),
+    Setting("SSE_HEARTBEAT_SECONDS", "15", _seconds,
+            "Seconds between keep-alive comments while a stream is silent."),
+)
+
+Settings = collections.namedtuple("Settings", [s.name.lower() for s in SETTINGS])
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used."""
+
+
+def _flag(setting):
+    return "--" + setting.name.lower().replace("_", "-")
+
+
+def build_arg_parser():
+    """The command line: one --flag for each setting, overriding its variable."""
+    parser = argparse.ArgumentParser(
+        prog="bridge.py",
+        description="OpenAI-compatible API over the Claude Code CLI and Ollama.",
+        epilog="Each flag can also be set by the environment variable in brackets.")
+    for s in SETTINGS:
+        shown = "(unset)" if not s.default else s.default
+        parser.add_argument(_flag(s), dest=s.name, default=None, metavar="VALUE",
+                            help=f"{s.help} [{s.name}, default {shown}]")
+    parser.add_argument("--version", action="version", version=f"claude-bridge {__version__}")
+    return parser
+
+
+def load_settings(environ=None, argv=None):
+    """Build the frozen settings from flags, then the environment, then defaults."""
+    environ = os.environ if environ is None else environ
+    flags = vars(build_arg_parser().parse_args([] if argv is None else argv))
+    values = {}
+    for s in SETTINGS:
+        raw = flags.get(s.name)
+        if raw is None:
+            raw = environ.get(s.name, s.default)
+        try:
+            values[s.name.lower()] = s.parse(raw)
+        except ValueError as exc:
+            shown = "(hidden)" if s.name == "CLAUDE_AUTH_KEY" else repr(raw)
+            raise SettingsError(f"{s.name}={shown} is not valid: {exc}") from None
+    return Settings(**values)
+
+
+# ----------------------------------------------------------------------------------------
+# Errors
+# ----------------------------------------------------------------------------------------
+
+class BridgeError(Exception):
+    """An error the client sees as an OpenAI error object with an HTTP status."""
+
+    status = 500
+    type = "server_error"
+    code = None
+
+    def __init__(self, message, *, param=None, code=None, headers=None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+
+    def body(self):
+        """The OpenAI error object."""
+        return {"error": {"message": self.message, "type": self.type,
+                          "param": self.param, "code": self.code}}
+
+
+class InvalidRequest(BridgeError):
+    status, type = 400, "invalid_request_error"
+
+
+class Unauthorized(BridgeError):
+    status, type, code = 401, "invalid_request_error", "invalid_api_key"
+
+
+class NotFound(BridgeError):
+    status, type, code = 404, "invalid_request_error", "not_found"
+
+
+class MethodNotAllowed(BridgeError):
+    status, type, code = 405, "invalid_request_error", "method_not_allowed"
+
+
+class PayloadTooLarge(BridgeError):
+    status, type, code = 413, "invalid_request_error", "request_too_large"
+
+
+class RateLimited(BridgeError):
+    status, type, code = 429, "rate_limit_error", "rate_limit_exceeded"
+
+
+class BackendFailed(BridgeError):
+    status, type, code = 502, "server_error", "backend_error"
+
+
+class BackendUnavailable(BridgeError):
+    status, type, code = 503, "server_error", "backend_unavailable"
+
+
+class BackendTimeout(BridgeError):
+    status, type, code = 504, "server_error", "timeout"
+
+
+class ClientGone(Exception):
+    """The HTTP client went away; nothing more can be sent."""
+
+
+def log(message):
+    """One line on stderr with a UTC timestamp."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    try:
+        sys.stderr.write(f"{stamp} {message}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+# ----------------------------------------------------------------------------------------
+# Usage store
+# ----------------------------------------------------------------------------------------
+
+_REQUEST_COLUMNS = (
+    ("request_id", "TEXT"), ("session_id", "TEXT"), ("stream", "INTEGER NOT NULL DEFAULT 0"),
+    ("outcome", "TEXT"), ("status", "INTEGER"), ("error", "TEXT"),
+    ("cached_tokens", "INTEGER NOT NULL DEFAULT 0"), ("cost_usd", "REAL NOT NULL DEFAULT 0"),
+    ("ttft_ms", "INTEGER"),
+)
+
+
+def _migrate_requests(db):
+    """v1: the requests log; adopts the Go bridge's `requests` table in place."""
+    exists = db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type='table' AND name='requests'").fetchone()
+    if not exists:
+        db.execute(
+            "CREATE TABLE requests ("
+            " id INTEGER PRIMARY KEY,"
+            " ts DATETIME DEFAULT CURRENT_TIMESTAMP,"  # UTC, 'YYYY-MM-DD HH:MM:SS.SSS'
+            " model TEXT, provider TEXT,"
+            " prompt_tokens INTEGER NOT NULL DEFAULT 0,"
+            " completion_tokens INTEGER NOT NULL DEFAULT 0,"
+            " total_tokens INTEGER NOT NULL DEFAULT 0,"
+            " duration_ms INTEGER, is_error INTEGER NOT NULL DEFAULT 0)")
+    have = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
+    for name, decl in _REQUEST_COLUMNS:
+        if name not in have:
+            db.execute(f"ALTER TABLE requests ADD COLUMN {name} {decl}")
+    db.execute("UPDATE requests SET outcome = CASE WHEN is_error THEN 'error' ELSE 'ok' END"
+               " WHERE outcome IS NULL")
+    db.execute("CREATE INDEX IF NOT EXISTS requests_ts ON requests(ts)")
+
+
+def _migrate_claude_sessions(db):
+    """v2: client session ids -> Claude session UUIDs, kept only after a good turn."""
+    db.execute(
+        "CREATE TABLE claude_sessions ("
+        " client_id TEXT PRIMARY KEY, claude_uuid TEXT NOT NULL, workdir TEXT NOT NULL,"
+        " total_cost_usd REAL NOT NULL DEFAULT 0, updated_at TEXT NOT NULL)")
+
+
+# Ordered: PRAGMA user_version is the number of migrations applied.
+MIGRATIONS = (_migrate_requests, _migrate_claude_sessions)
+
+
+def _utc_now_text():
+    now = time.time()
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}"
+
+
+class UsageStore:
+    """SQLite: the request log and the Claude session map, behind one writer lock.
+
+    A database that cannot be opened or written never stops requests: the error is logged
+    and reported by /health, and the bridge keeps serving.
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self.lock = threading.Lock()
+        self.last_error = None
+        self.db = None
+        try:
+            self.db = self._open(path)
+        except (sqlite3.Error, OSError) as exc:
+            self._failed("open", exc)
+
+    @staticmethod
+    def _open(path):
+        # check_same_thread=False: every use is under self.lock. timeout = busy wait in s.
+        db = sqlite3.connect(path, timeout=5, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode survives a crash of this process; only power loss can drop
+        # the last commits.
+        db.execute("PRAGMA synchronous=NORMAL")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        for number, migrate in enumerate(MIGRATIONS[version:], start=version + 1):
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                migrate(db)
+                db.execute(f"PRAGMA user_version = {number}")
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return db
+
+    def _failed(self, what, exc):
+        self.last_error = f"{what} failed: {exc}"
+        log(f"usage db {self.path}: {self.last_error}")
+
+    def _run(self, what, sql, params=(), fetch=False):
+        if self.db is None:
+            return None
+        try:
+            with self.lock:
+                cur = self.db.execute(sql, params)
+                rows = cur.fetchall() if fetch else None
+            if self.last_error and not fetch:
+                self.last_error = None
+            return rows
+        except sqlite3.Error as exc:
+            self._failed(what, exc)
+            return None
+
+    def health(self):
+        """The database's state for /health."""
+        return {"path": self.path, "ok": self.db is not None and self.last_error is None,
+                "error": self.last_error}
+
+    def record(self, row):
+        """Append one request row."""
+        self._run(
+            "write",
+            "INSERT INTO requests (ts, request_id, model, provider, session_id, stream,"
+            " outcome, status, error, prompt_tokens, completion_tokens, total_tokens,"
+            " cached_tokens, cost_usd, duration_ms, ttft_ms, is_error)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (_utc_now_text(), row["request_id"], row["model"], row["provider"],
+             row.get("session_id"), int(bool(row.get("stream"))), row["outcome"],
+             row["status"], (row.get("error") or None) and row["error"][:500],
+             row.get("prompt_tokens", 0), row.get("completion_tokens", 0),
+             row.get("prompt_tokens", 0) + row.get("completion_tokens", 0),
+             row.get("cached_tokens", 0), row.get("cost_usd", 0.0), row.get("duration_ms"),
+             row.get("ttft_ms"), int(row["outcome"] != "ok")))
+
+    def summary(self):
+        """Totals grouped by model and provider."""
+        rows = self._run(
+            "read",
+            "SELECT model, provider, COUNT(*), SUM(outcome != 'ok'), SUM(prompt_tokens),"
+            " SUM(completion_tokens), SUM(total_tokens), AVG(duration_ms),"
+            " SUM(cached_tokens), SUM(cost_usd)"
+            " FROM requests GROUP BY model, provider ORDER BY COUNT(*) DESC", fetch=True) or []
+        keys = ("model", "provider", "requests", "errors", "prompt_tokens",
+                "completion_tokens", "total_tokens", "avg_duration_ms", "cached_tokens",
+                "cost_usd")
+        out = []
+        for row in rows:
+            item = dict(zip(keys, row))
+            item["avg_duration_ms"] = round(item["avg_duration_ms"] or 0, 1)
+            item["cost_usd"] = round(item["cost_usd"] or 0, 7)
+            out.append(item)
+        return out
+
+    def get_claude_session(self, client_id):
+        """(claude_uuid, workdir, total_cost_usd) for a client session id, or None."""
+        rows = self._run("read", "SELECT claude_uuid, workdir, total_cost_usd"
+                         " FROM claude_sessions WHERE client_id = ?", (client_id,), fetch=True)
+        return rows[0] if rows else None
+
+    def put_claude_session(self, client_id, claude_uuid, workdir, total_cost_usd):
+        """Remember (or move) a client session after a successful turn."""
+        self._run("write",
+                  "INSERT INTO claude_sessions (client_id, claude_uuid, workdir,"
+                  " total_cost_usd, updated_at) VALUES (?,?,?,?,?)"
+                  " ON CONFLICT(client_id) DO UPDATE SET claude_uuid=excluded.claude_uuid,"
+                  " workdir=excluded.workdir, total_cost_usd=excluded.total_cost_usd,"
+                  " updated_at=excluded.updated_at",
+                  (client_id, claude_uuid, workdir, total_cost_usd, _utc_now_text()))
+
+    def close(self):
+        """Close the connection."""
+        if self.db is not None:
+            with self.lock:
+                self.db.close()
+                self.db = None
+
+
+# ----------------------------------------------------------------------------------------
+# Sessions
+# ----------------------------------------------------------------------------------------
+
+class KeyedLocks:
+    """One lock per key (a session id), dropped when nobody holds or waits for it."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._locks = {}  # key -> [lock, users]
+
+    def acquire(self, key, timeout):
+        """Take the key's lock; False if it stayed busy for `timeout` seconds."""
+        with self._lock:
+            entry = self._locks.setdefault(key, [threading.Lock(), 0])
+            entry[1] += 1
+        if entry[0].acquire(timeout=timeout):
+            return True
+        self._drop(key, entry)
+        return False
+
+    def release(self, key):
+        """Give the key's lock back."""
+        with self._lock:
+            entry = self._locks[key]
+        entry[0].release()
+        self._drop(key, entry)
+
+    def _drop(self, key, entry):
+        with self._lock:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._locks[key]
+
+    def __len__(self):
+        return len(self._locks)
+
+
+# ----------------------------------------------------------------------------------------
+# Backends
+# ----------------------------------------------------------------------------------------
+# A backend's open(chat) returns a Run: a producer thread turns the backend's output into
+# events on a queue, so the HTTP side can wait with a timeout (heartbeats, disconnects,
+# idle limits) whatever the backend is. Events are tuples:
+#   ("progress",)            the backend is alive (resets the idle clock)
+#   ("text", str)            assistant text
+#   ("retract", str)         text sent earlier that the backend voided (the tail so far)
+#   ("done", Final)          the turn ended well
+#   ("error", BridgeError)   the turn failed
+
+Final = collections.namedtuple(
+    "Final", "finish_reason prompt_tokens completion_tokens cached_tokens cost_usd")
+
+_END = object()
+
+
+class Run:
+    """One backend turn: events from a producer thread, cancel() to stop it early."""
+
+    timeout = 600.0
+    idle_timeout = 600.0
+
+    def __init__(self):
+        self._events = queue.Queue()
+        self._cancelled = threading.Event()
+        self._done = False  # the producer delivered "done": let it finish in peace
+        self._thread = None
+        self.usage = {}  # latest token counts known, for cancelled turns
+
+    def start(self):
+        """Start the producer thread."""
+        self._thread = threading.Thread(target=self._pump, daemon=True,
+                                        name=f"{type(self).__name__}-producer")
+        self._thread.start()
+        return self
+
+    def _pump(self):
+        try:
+            # Iterate to the end even after "done": the producer reaps its process there.
+            for event in self.produce():
+                if event[0] == "done":
+                    self._done = True
+                self._events.put(event)
+        except BridgeError as exc:
+            self._events.put(("error", exc))
+        except Exception as exc:  # a bug must still end the request cleanly
+            log(f"backend crashed: {exc!r}")
+            self._events.put(("error", BackendFailed(f"backend failed: {exc}")))
+        finally:
+            self._events.put(_END)
+
+    def produce(self):
+        """Yield events; runs in the producer thread."""
+        raise NotImplementedError
+
+    def get(self, timeout):
+        """The next event, None after `timeout` seconds, or _END."""
+        try:
+            return self._events.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def cancel(self):
+        """Stop the turn (idempotent)."""
+        self._cancelled.set()
+
+    def close(self):
+        """Release everything the run holds; a run still going is cancelled first."""
+        if self._thread is not None and self._done:
+            # After a good reply the backend gets a moment to exit on its own (the CLI
+            # writes its session file as it ends).
+            self._thread.join(timeout=_KILL_GRACE_SECONDS + 1)
+        self.cancel()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+
+# argv strings are limited to 128 KiB each by the kernel (MAX_ARG_STRLEN).
+_MAX_ARG_BYTES = 120_000
+# How long a signalled CLI gets to exit before SIGKILL.
+_KILL_GRACE_SECONDS = 2.0
+# stderr kept per CLI for error messages (the rest is drained and dropped).
+_STDERR_KEEP_BYTES = 64 * 1024
+
+
+def _kill_group(proc):
+    """SIGTERM the process group, SIGKILL after a grace period, and reap the leader."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            proc.wait(timeout=_KILL_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            pass
+    # Sweep the group even after the leader exited: tools it started must not outlive it.
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        log(f"claude pid {proc.pid} did not exit after SIGKILL")
+
+
+class ClaudeBackend:
+    """Runs `claude -p` per request, stream-json out, prompt on stdin."""
+
+    provider = "claude"
+    aliases = ("sonnet", "opus", "haiku")
+
+    def __init__(self, settings, store):
+        self.settings = settings
+        self.store = store
+        self.workdir = os.path.abspath(settings.claude_workdir or os.getcwd())
+        self.slots = threading.BoundedSemaphore(settings.claude_max_concurrency)
+        self.session_locks = KeyedLocks()
+        self.env = {k: v for k, v in os.environ.items() if k != "CLAUDECODE"}
+        self.procs = set()  # live CLI processes, for shutdown
+        self.procs_lock = threading.Lock()
+        self._health = (0.0, None)
+
+    def binary(self):
+        """Absolute path of the CLI, or raise BackendUnavailable saying how to get it."""
+        name = self.settings.claude_bin or "claude"
+        path = shutil.which(name)
+        if path is None:
+            where = f"CLAUDE_BIN={name}" if self.settings.claude_bin else "PATH"
+            raise BackendUnavailable(
+                f"The Claude Code CLI was not found ({where}). Install it with "
+                "`npm install -g @anthropic-ai/claude-code` and log in with `claude`, "
+                "or set CLAUDE_BIN to its path.", code="claude_not_found")
+        return path
+
+    def model_names(self):
+        """The names /v1/models lists for this backend."""
+        names = ["claude-code", *self.aliases]
+        if self.settings.claude_default_model not in names:
+            names.append(self.settings.claude_default_model)
+        return names
+
+    def health(self):
+        """Binary and version, cached for a minute so probes never pay a CLI start."""
+        stamp, cached = self._health
+        if cached is not None and time.monotonic() - stamp < 60:
+            return cached
+        state = {"ok": False, "binary": None, "version": None, "error": None}
+        try:
+            state["binary"] = self.binary()
+            out = subprocess.run([state["binary"], "--version"], capture_output=True,
+                                 timeout=15, stdin=subprocess.DEVNULL, env=self.env,
+                                 cwd=self.workdir)
+            text = out.stdout.decode("utf-8", "replace").strip()
+            if out.returncode == 0 and text:
+                state.update(ok=True, version=text.splitlines()[0])
+            else:
+                err = out.stderr.decode("utf-8", "replace").strip() or text
+                state["error"] = f"`claude --version` exited {out.returncode}: {err[:300]}"
+        except BackendUnavailable as exc:
+            state["error"] = exc.message
+        except (OSError, subprocess.SubprocessError) as exc:
+            state["error"] = f"cannot run {state['binary']}: {exc}"
+        self._health = (time.monotonic(), state)
+        return state
+
+    def open(self, chat):
+        """Start a turn for a parsed chat request."""
+        for i, m in enumerate(chat.messages):
+            if m["images"]:
+                raise InvalidRequest(
+                    "The claude backend does not take images yet; send text, or use an "
+                    "ollama/ vision model.", param=f"messages[{i}].content")
+        return ClaudeRun(self, chat)
+
+    def argv(self, binary, model, system, session_flags):
+        """The CLI's argv: only flags and values the bridge checked, never the prompt."""
+        argv = [binary, "-p", "--output-format", "stream-json", "--verbose",
+                "--include-partial-messages"]
+        if model != "claude-code":
+            argv.append("--model=" + model)
+        if system:
+            flag = ("--system-prompt=" if self.settings.claude_system_prompt == "replace"
+                    else "--append-system-prompt=")
+            argv.append(flag + system)
+        if self.settings.claude_skip_perms:
+            argv.append("--dangerously-skip-permissions")
+        argv.extend(session_flags)
+        return argv
+
+    def spawn(self, argv):
+        """Start a CLI in its own process group (so the whole group can be signalled)."""
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, cwd=self.workdir, env=self.env,
+                                    start_new_session=True)
+        except FileNotFoundError:
+            raise BackendUnavailable(f"cannot run {argv[0]}: not found. Install the CLI or "
+                                     "fix CLAUDE_BIN.", code="claude_not_found") from None
+        except OSError as exc:
+            raise BackendUnavailable(f"cannot run {argv[0]}: {exc}. Check CLAUDE_BIN and "
+                                     "CLAUDE_WORKDIR.") from None
+        with self.procs_lock:
+            self.procs.add(proc)
+        return proc
+
+    def reap(self, proc):
+        """End a CLI's process group and forget it."""
+        _kill_group(proc)
+        with self.procs_lock:
+            self.procs.discard(proc)
+
+    def shutdown(self):
+        """End every CLI still running."""
+        with self.procs_lock:
+            procs = list(self.procs)
+        for proc in procs:
+            self.reap(proc)
+
+
+class _StderrTail:
+    """Drains a pipe in a thread, keeping only its last bytes."""
+
+    def __init__(self, pipe):
+        self.data = bytearray()
+        self.thread = threading.Thread(target=self._drain, args=(pipe,), daemon=True,
+                                       name="claude-stderr")
+        self.thread.start()
+
+    def _drain(self, pipe):
+        try:
+            while True:
+                chunk = pipe.read1(65536)
+                if not chunk:
+                    break
+                self.data += chunk
+                if len(self.data) > _STDERR_KEEP_BYTES:
+                    del self.data[:-_STDERR_KEEP_BYTES]
+        except (OSError, ValueError):
+            pass
+
+    def text(self):
+        """What the CLI printed last, decoded, once the pipe is closed."""
+        self.thread.join(timeout=2)
+        return bytes(self.data).decode("utf-8", "replace").strip()
+
+
+def _claude_usage(usage):
+    """Anthropic usage -> (prompt, completion, cached) the OpenAI way."""
+    usage = usage or {}
+    cached = int(usage.get("cache_read_input_tokens") or 0)
+    prompt = (int(usage.get("input_tokens") or 0)
+              + int(usage.get("cache_creation_input_tokens") or 0) + cached)
+    return prompt, int(usage.get("output_tokens") or 0), cached
+
+
+_NO_CONVERSATION = "No conversation found"
+
+
+class ClaudeRun(Run):
+    """One request through the CLI, with the session's resume / heal logic."""
+
+    def __init__(self, backend, chat):
+        super().__init__()
+        self.backend = backend
+        self.chat = chat
+        settings = backend.settings
+        self.timeout = settings.claude_timeout
+        self.idle_timeout = settings.claude_idle_timeout
+        self.proc = None
+        self.proc_lock = threading.Lock()
+        self.session_held = False
+        self.slot_held = False
+        self.cost_usd = 0.0
+        binary = backend.binary()  # 503 at once when missing
+        # Turns of one session run one at a time: concurrent resumes lose a turn.
+        if chat.session_id is not None:
+            if not backend.session_locks.acquire(chat.session_id, settings.claude_queue_timeout):
+                raise RateLimited(f"Another request of session {chat.session_id!r} is still "
+                                  "running; send turns of one session one at a time.",
+                                  headers={"Retry-After": "5"})
+            self.session_held = True
+        try:
+            if not backend.slots.acquire(timeout=settings.claude_queue_timeout):
+                raise RateLimited(
+                    f"All {settings.claude_max_concurrency} Claude slots are busy "
+                    f"(CLAUDE_MAX_CONCURRENCY); try again shortly.",
+                    headers={"Retry-After": "5"})
+            self.slot_held = True
+        except BaseException:
+            self._release()
+            raise
+        self.binary = binary
+
+    def _release(self):
+        if self.slot_held:
+            self.slot_held = False
+            self.backend.slots.release()
+        if self.session_held:
+            self.session_held = False
+            self.backend.session_locks.release(self.chat.session_id)
+
+    def cancel(self):
+        super().cancel()
+        with self.proc_lock:
+            proc = self.proc
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def close(self):
+        super().close()
+        with self.proc_lock:
+            proc, self.proc = self.proc, None
+        if proc is not None:
+            self.backend.reap(proc)
+        self._release()
+
+    def produce(self):
+        chat, backend = self.chat, self.backend
+        system = chat.system_text()
+        model = chat.model
+        if chat.session_id is None:
+            yield from self._attempt(model, system, ["--no-session-persistence"],
+                                     flatten_prompt(chat.messages))
+            return
+        known = backend.store.get_claude_session(chat.session_id)
+        if known is not None and known[1] == backend.workdir:
+            claude_uuid, _, previous_cost = known
+            outcome = yield from self._attempt(
+                model, system, ["--resume", claude_uuid], new_turn_prompt(chat.messages),
+                session=(claude_uuid, previous_cost), heal=True)
+            if outcome != "heal":
+                return
+            log(f"session {chat.session_id!r}: Claude session {claude_uuid} is gone; "
+                "starting a new one from the history the client sent")
+        # A fresh UUID each time: a failed first turn still leaves its session file, so
+        # reusing its UUID would fail with "already in use".
+        claude_uuid = str(uuid.uuid4())
+        yield from self._attempt(model, system, ["--session-id", claude_uuid],
+                                 flatten_prompt(chat.messages), session=(claude_uuid, 0.0))
+
+    def _attempt(self, model, system, session_flags, prompt, session=None, heal=False):
+        """Run one CLI; returns "heal" if a resumed session turned out to be gone."""
+        if self._cancelled.is_set():
+            return None
+        proc = self.backend.spawn(self.backend.argv(self.binary, model, system, session_flags))
+        with self.proc_lock:
+            self.proc = proc
+        stderr = _StderrTail(proc.stderr)
+        try:
+            proc.stdin.write(prompt.encode("utf-8"))
+        except (BrokenPipeError, OSError):
+            pass  # it died early; its exit tells why
+        finally:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+        parser = _ClaudeEvents()
+        for raw in proc.stdout:
+            for event in parser.feed(raw):
+                if event[0] == "usage":
+                    self.usage = event[1]
+                    continue
+                yield event
+            if parser.result is not None:
+                break
+        result = parser.result
+        if result is None or result.get("is_error"):
+            proc.stdout.close()
+            try:
+                code = proc.wait(timeout=_KILL_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                code = None
+            message = parser.error_message(stderr.text(), code)
+            self._forget(proc)
+            if self._cancelled.is_set():
+                return None
+            if heal and not parser.sent_text and _NO_CONVERSATION in message:
+                return "heal"
+            yield ("error", BackendFailed(message))
+            return None
+        prompt_tokens, completion_tokens, cached = _claude_usage(result.get("usage"))
+        total_cost = float(result.get("total_cost_usd") or 0.0)
+        cost = total_cost
+        if session is not None:
+            claude_uuid, previous_cost = session
+            # total_cost_usd is cumulative over a resumed session.
+            cost = max(0.0, total_cost - previous_cost)
+            self.backend.store.put_claude_session(self.chat.session_id, claude_uuid,
+                                                  self.backend.workdir, total_cost)
+        self.cost_usd = cost
+        stop = result.get("stop_reason")
+        yield ("done", Final("length" if stop == "max_tokens" else "stop",
+                             prompt_tokens, completion_tokens, cached, cost))
+        # The reply is on its way; now let the CLI exit (or end it) and reap it.
+        for _ in proc.stdout:
+            pass
+        proc.stdout.close()
+        try:
+            proc.wait(timeout=_KILL_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            pass
+        self._forget(proc)
+        return None
+
+    def _forget(self, proc):
+        with self.proc_lock:
+            self.proc = None
+        self.backend.reap(proc)
+
+
+class _ClaudeEvents:
+    """Turns stream-json lines into bridge events."""
+
+    def __init__(self):
+        self.result = None
+        self.sent_text = False
+        self.streamed = {}  # (message id, block index) -> text already sent
+        self.assistant_blocks = collections.Counter()  # message id -> assistant lines seen
+        self.api_error = None
+        self.garbage = None
+        self.usage = {}
+
+    def feed(self, raw):
+        """Events for one stdout line."""
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            text = raw.decode("utf-8", "replace").strip()
+            if text:
+                self.garbage = text[:300]
+            return [("progress",)]
+        if not isinstance(obj, dict):
+            self.garbage = raw.decode("utf-8", "replace").strip()[:300]
+            return [("progress",)]
+        kind = obj.get("type")
+        if kind == "stream_event":
+            return self._stream_event(obj)
+        if kind == "assistant":
+            return self._assistant(obj)
+        if kind == "result":
+            self.result = obj
+            return []
+        return [("progress",)]
+
+    def _text(self, key, text):
+        self.streamed[key] = self.streamed.get(key, "") + text
+        self.sent_text = True
+        return ("text", text)
+
+    def _stream_event(self, obj):
+        event = obj.get("event") or {}
+        etype = event.get("type")
+        message_id = obj.get("api_message_id")
+        if etype == "content_block_delta":
+            delta = event.get("delta") or {}
+            if delta.get("type") == "text_delta" and delta.get("text"):
+                return [self._text((message_id, event.get("index", 0)), delta["text"])]
+        elif etype == "message_start":
+            usage = (event.get("message") or {}).get("usage")
+            if usage:
+                self.usage = dict(usage)
+                return [("usage", self._usage_counts())]
+        elif etype == "message_delta":
+            usage = event.get("usage") or {}
+            if "output_tokens" in usage:
+                self.usage["output_tokens"] = usage["output_tokens"]
+                return [("usage", self._usage_counts())]
+        elif etype == "message_stop" and obj.get("abandoned_blocks"):
+            # The CLI voids what it streamed for these blocks and asks again.
+            abandoned = obj["abandoned_blocks"]
+            first = abandoned.get("from_block_index", 0)
+            mid = abandoned.get("api_message_id", message_id)
+            keys = sorted(k for k in self.streamed if k[0] == mid and k[1] >= first)
+            void = "".join(self.streamed.pop(k) for k in keys)
+            for k in keys:  # never filled again from the assistant line either
+                self.streamed[k] = ""
+            if void:
+                return [("retract", void)]
+        return [("progress",)]
+
+    def _usage_counts(self):
+        prompt, completion, cached = _claude_usage(self.usage)
+        return {"prompt_tokens": prompt, "completion_tokens": completion,
+                "cached_tokens": cached}
+
+    def _assistant(self, obj):
+        message = obj.get("message") or {}
+        if obj.get("error") or message.get("model") == "<synthetic>":
+            texts = [b.get("text", "") for b in message.get("content") or []
+                     if isinstance(b, dict) and b.get("type") == "text"]
+            self.api_error = " ".join(t for t in texts if t) or str(obj.get("error"))
+            return [("progress",)]
+        message_id = message.get("id")
+        index = self.assistant_blocks[message_id]
+        self.assistant_blocks[message_id] += 1
+        events = []
+        for block in message.get("content") or []:
+            # Text not streamed as deltas (no partial messages, or the CLI's non-streamed
+            # retry after abandoned blocks) arrives here whole.
+            if (isinstance(block, dict) and block.get("type") == "text" and block.get("text")
+                    and (message_id, index) not in self.streamed):
+                events.append(self._text((message_id, index), block["text"]))
+        return events or [("progress",)]
+
+    def error_message(self, stderr_text, code):
+        """The CLI's own words for a failed run."""
+        result = self.result or {}
+        parts = []
+        if result.get("result"):
+            parts.append(str(result["result"]))
+        elif self.api_error:
+            parts.append(self.api_error)
+        errors = result.get("errors")
+        if isinstance(errors, list) and errors:
+            parts.extend(str(e) for e in errors if str(e) not in parts)
+        if stderr_text and not parts:
+            parts.append(stderr_text[-1000:])
+        if not parts and self.garbage:
+            parts.append(f"unreadable output from the CLI: {self.garbage}")
+        if not parts:
+            if code is not None and code < 0:
+                parts.append(f"the CLI was killed by signal {-code}")
+            elif code in (143, 137):
+                parts.append(f"the CLI was killed (exit {code})")
+            else:
+                parts.append(f"the CLI exited with code {code} without a result")
+        message = "; ".join(parts)
+        return f"Claude Code CLI: {message}"
+
+
+# ----------------------------------------------------------------------------------------
+# OpenAI translation
+# ----------------------------------------------------------------------------------------
+
+_ROLES = ("system", "developer", "user", "assistant", "tool")
+_SESSION_ID_MAX = 128
+
+
+class ChatRequest:
+    """A validated chat completion request, normalized for the backends."""
+
+    __slots__ = ("model", "messages", "stream", "include_usage", "session_id", "params",
+                 "request_id", "created")
+
+    def system_text(self):
+        """All system/developer messages joined, for the CLI's system prompt flag."""
+        return "\n\n".join(m["content"] for m in self.messages
+                           if m["role"] in ("system", "developer") and m["content"])
+
+
+def _type_name(value):
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+            type(None): "null", int: "a number", float: "a number"}.get(type(value), "?")
+
+
+def _expect(value, types, param, what):
+    if isinstance(value, bool) and bool not in types:
+        ok = False
+    else:
+        ok = isinstance(value, types)
+    if not ok:
+        raise InvalidRequest(f"'{param}' must be {what}, not {_type_name(value)}.",
+                             param=param)
+    return value
+
+
+def _number(body, name, low, high, integer=False):
+    if body.get(name) is None:
+        return None
+    value = _expect(body[name], (int,) if integer else (int, float), name,
+                    "an integer" if integer else "a number")
+    if not low <= value <= high:
+        raise InvalidRequest(f"'{name}' must be between {low} and {high}.", param=name)
+    return value
+
+
+def _message_content(msg, i):
+    """A message's content as (text, images)."""
+    content = msg.get("content")
+    param = f"messages[{i}].content"
+    if content is None:
+        if msg["role"] == "assistant" and msg.get("tool_calls"):
+            return "", []
+        raise InvalidRequest(f"'{param}' is required for a {msg['role']} message.",
+                             param=param)
+    if isinstance(content, str):
+        return content, []
+    _expect(content, (list,), param, "a string or an array of content parts")
+    texts, images = [], []
+    for j, part in enumerate(content):
+        pparam = f"{param}[{j}]"
+        _expect(part, (dict,), pparam, "an object")
+        ptype = part.get("type")
+        if ptype == "text":
+            texts.append(_expect(part.get("text"), (str,), pparam + ".text", "a string"))
+        elif ptype == "image_url":
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else image
+            images.append(_expect(url, (str,), pparam + ".image_url.url", "a string"))
+        else:
+            raise InvalidRequest(
+                f"Content part type {ptype!r} at '{pparam}' is not supported; use 'text'"
+                " or 'image_url'.", param=pparam + ".type")
+    return "\n".join(texts), images
+
+
+def _tool_calls(msg, i):
+    calls = msg.get("tool_calls")
+    if calls is None:
+        return []
+    param = f"messages[{i}].tool_calls"
+    _expect(calls, (list,), param, "an array")
+    out = []
+    for j, call in enumerate(calls):
+        _expect(call, (dict,), f"{param}[{j}]", "an object")
+        fn = _expect(call.get("function"), (dict,), f"{param}[{j}].function", "an object")
+        name = _expect(fn.get("name"), (str,), f"{param}[{j}].function.name", "a string")
+        args = fn.get("arguments", "{}")
+        _expect(args, (str,), f"{param}[{j}].function.arguments", "a JSON string")
+        out.append({"id": str(call.get("id") or ""), "name": name, "arguments": args})
+    return out
+
+
+def _session_id(environ):
+    raw = environ.get("HTTP_X_SESSION_ID")
+    if raw is None:
+        return None
+    try:
+        raw = raw.encode("latin-1").decode("utf-8")  # WSGI hands headers over as latin-1
+    except UnicodeError:
+        raw = "\n"  # not UTF-8: refused below
+    if not raw or len(raw) > _SESSION_ID_MAX or not raw.isprintable():
+        raise InvalidRequest(
+            f"X-Session-ID must be 1 to {_SESSION_ID_MAX} printable characters.",
+            param="X-Session-ID", code="invalid_session_id")
+    return raw
+
+
+def parse_chat_request(raw, environ, default_model):
+    """Validate a /v1/chat/completions body; InvalidRequest says what to fix."""
+    if not raw.strip():
+        raise InvalidRequest("The request body is empty; send a JSON object.")
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}.") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest(f"The request body must be a JSON object, not {_type_name(body)}.")
+    chat = ChatRequest()
+    model = body.get("model")
+    if model is None:
+        model = default_model
+    _expect(model, (str,), "model", "a string")
+    if not model.strip():
+        raise InvalidRequest("'model' must not be empty.", param="model")
+    chat.model = model
+    messages = body.get("messages")
+    if messages is None:
+        raise InvalidRequest("'messages' is required.", param="messages")
+    _expect(messages, (list,), "messages", "an array")
+    if not messages:
+        raise InvalidRequest("'messages' must contain at least one message.", param="messages")
+    chat.messages = []
+    for i, msg in enumerate(messages):
+        _expect(msg, (dict,), f"messages[{i}]", "an object")
+        role = msg.get("role")
+        if role not in _ROLES:
+            what = "is missing" if role is None else f"{role!r} is not a known role"
+            raise InvalidRequest(f"'messages[{i}].role' {what}; use one of "
+                                 + ", ".join(_ROLES) + ".", param=f"messages[{i}].role")
+        text, images = _message_content(msg, i)
+        chat.messages.append({
+            "role": role, "content": text, "images": images,
+            "tool_calls": _tool_calls(msg, i) if role == "assistant" else [],
+            "tool_call_id": msg.get("tool_call_id") if role == "tool" else None,
+        })
+    stream = body.get("stream")
+    chat.stream = bool(_expect(stream, (bool,), "stream", "a boolean")) \
+        if stream is not None else False
+    options = body.get("stream_options")
+    chat.include_usage = False
+    if options is not None:
+        _expect(options, (dict,), "stream_options", "an object")
+        flag = options.get("include_usage")
+        if flag is not None:
+            chat.include_usage = _expect(flag, (bool,), "stream_options.include_usage",
+                                         "a boolean")
+    n = _number(body, "n", 1, 128, integer=True)
+    if n is not None and n > 1:
+        raise InvalidRequest("Only n=1 is supported.", param="n")
+    params = {}
+    for name, low, high, integer in (("temperature", 0, 2, False), ("top_p", 0, 1, False),
+                                     ("max_tokens", 1, 10_000_000, True),
+                                     ("max_completion_tokens", 1, 10_000_000, True),
+                                     ("seed", -2**63, 2**63 - 1, True)):
+        value = _number(body, name, low, high, integer)
+        if value is not None:
+            params[name] = value
+    stop = body.get("stop")
+    if stop is not None:
+        if isinstance(stop, str):
+            stop = [stop]
+        _expect(stop, (list,), "stop", "a string or an array of strings")
+        for k, s in enumerate(stop):
+            _expect(s, (str,), f"stop[{k}]", "a string")
+        params["stop"] = stop
+    for name in ("tools", "response_format", "tool_choice"):
+        if body.get(name) is not None:
+            params[name] = body[name]
+    chat.params = params
+    chat.session_id = _session_id(environ)
+    chat.request_id = "chatcmpl-" + secrets.token_hex(12)
+    chat.created = int(time.time())
+    return chat
+
+
+def _render(msg):
+    text = msg["content"]
+    if msg["tool_calls"]:
+        calls = "; ".join(f"{c['name']}({c['arguments']})" for c in msg["tool_calls"])
+        text = (text + "\n" if text else "") + f"(called tools: {calls})"
+    return text
+
+
+def flatten_prompt(messages):
+    """History as one prompt: earlier turns with role markers, the last user message last."""
+    turns = [m for m in messages if m["role"] not in ("system", "developer")]
+    if not turns:
+        return ""
+    if len(turns) == 1:
+        return _render(turns[0])
+    last = turns[-1]
+    lines = ["Earlier turns of this conversation, oldest first:", ""]
+    for m in turns[:-1]:
+        lines.append(f"[{m['role']}]")
+        lines.append(_render(m))
+        lines.append("")
+    lines.append(f"[end of earlier turns; the {last['role']}'s new message follows]")
+    lines.append("")
+    lines.append(_render(last))
+    return "\n".join(lines)
+
+
+def new_turn_prompt(messages):
+    """For a resumed session: only the messages after the last assistant reply."""
+    turns = [m for m in messages if m["role"] not in ("system", "developer")]
+    start = 0
+    for i, m in enumerate(turns):
+        if m["role"] == "assistant":
+            start = i + 1
+    fresh = turns[start:] or turns[-1:]
+    return "\n\n".join(_render(m) for m in fresh)
+
+
+def _dumps(obj):
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def _usage_object(final):
+    return {"prompt_tokens": final.prompt_tokens, "completion_tokens": final.completion_tokens,
+            "total_tokens": final.prompt_tokens + final.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": final.cached_tokens}}
+
+
+def completion_body(chat, text, final):
+    """The non-streamed reply."""
+    return {"id": chat.request_id, "object": "chat.completion", "created": chat.created,
+            "model": chat.model, "system_fingerprint": None,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "logprobs": None, "finish_reason": final.finish_reason}],
+            "usage": _usage_object(final)}
+
+
+class ChunkWriter:
+    """SSE chunks of one stream: constant id and created."""
+
+    def __init__(self, chat):
+        self.head = (f'{{"id":"{chat.request_id}","object":"chat.completion.chunk",'
+                     f'"created":{chat.created},"model":{_dumps(chat.model)},'
+                     f'"system_fingerprint":null,"choices":')
+
+    def chunk(self, delta, finish_reason=None):
+        """One choice delta as an SSE event."""
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return f"data: {self.head}[{_dumps(choice)}]}}\n\n".encode("utf-8")
+
+    def usage(self, final):
+        """The include_usage chunk."""
+        return f"data: {self.head}[],\"usage\":{_dumps(_usage_object(final))}}}\n\n".encode()
+
+    @staticmethod
+    def error(exc):
+        """An error after the stream began."""
+        return f"data: {_dumps(exc.body())}\n\n".encode("utf-8")
+
+
+# ----------------------------------------------------------------------------------------
+# Routes
+# ----------------------------------------------------------------------------------------
+
+_JSON = "application/json"
+
+
+def _json_response(obj, status=200, headers=None):
+    body = _dumps(obj).encode("utf-8")
+    response = bottle.HTTPResponse(body=body, status=status)
+    response.content_type = _JSON
+    for name, value in (headers or {}).items():
+        response.set_header(name, value)
+    return response
+
+
+def _error_response(exc):
+    return _json_response(exc.body(), exc.status, exc.headers)
+
+
+class RequestRecord:
+    """The usage row of one chat request, written exactly once."""
+
+    def __init__(self, store, chat, provider):
+        self.store = store
+        self.chat = chat
+        self.provider = provider
+        self.started = time.monotonic()
+        self.first_token = None
+        self.written = False
+
+    def first(self):
+        """Note the time of the first content."""
+        if self.first_token is None:
+            self.first_token = time.monotonic()
+
+    def write(self, outcome, status, error=None, final=None, run=None):
+        """Write the row (once)."""
+        if self.written:
+            return
+        self.written = True
+        row = {"request_id": self.chat.request_id, "model": self.chat.model,
+               "provider": self.provider, "session_id": self.chat.session_id,
+               "stream": self.chat.stream, "outcome": outcome, "status": status,
+               "error": error,
+               "duration_ms": int((time.monotonic() - self.started) * 1000),
+               "ttft_ms": (int((self.first_token - self.started) * 1000)
+                           if self.first_token is not None else None)}
+        if final is not None:
+            row.update(prompt_tokens=final.prompt_tokens,
+                       completion_tokens=final.completion_tokens,
+                       cached_tokens=final.cached_tokens, cost_usd=final.cost_usd)
+        elif run is not None and run.usage:
+            row.update(run.usage)
+            row["cost_usd"] = getattr(run, "cost_usd", 0.0)
+        self.store.record(row)
+
+
+class Bridge:
+    """Everything one app instance owns: settings, store, backends."""
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.store = UsageStore(settings.usage_db_path)
+        self.claude = ClaudeBackend(settings, self.store)
+        self.started = int(time.time())
+        self.max_body = settings.max_body_mb * 1024 * 1024
+
+    def backend_for(self, model):
+        """The backend serving a model name, or InvalidRequest."""
+        if model.startswith("ollama/"):
+            raise BackendUnavailable("Ollama models are not supported yet.", param="model")
+        if model != "claude-code" and not _MODEL_NAME.match(model):
+            raise InvalidRequest(
+                f"Model name {model[:80]!r} is not valid: use letters, digits and . _ - : [ ]"
+                " (not starting with '-'), e.g. 'sonnet' or 'claude-code'.",
+                param="model", code="model_not_found")
+        return self.claude
+
+    def close(self):
+        """End every child process and close the database."""
+        self.claude.shutdown()
+        self.store.close()
+
+
+def _events_with_housekeeping(run, environ, heartbeat):
+    """The run's events, plus ("tick",) when a heartbeat is due; enforces timeouts."""
+    started = last_event = last_beat = time.monotonic()
+    disconnected = environ.get("waitress.client_disconnected")
+    tick = min(1.0, heartbeat)
+    while True:
+        event = run.get(tick)
+        now = time.monotonic()
+        if event is _END:
+            raise BackendFailed("the backend ended without a result")
+        if event is None:
+            if disconnected is not None and disconnected():
+                raise ClientGone()
+            if now - started > run.timeout:
+                raise BackendTimeout(f"the request took longer than {run.timeout:g} s "
+                                     "(CLAUDE_TIMEOUT)")
+            if now - last_event > run.idle_timeout:
+                raise BackendTimeout(f"the backend sent nothing for {run.idle_timeout:g} s "
+                                     "(CLAUDE_IDLE_TIMEOUT)")
+            if now - last_beat >= heartbeat:
+                last_beat = now
+                yield ("tick",)
+            continue
+        last_event = now
+        if event[0] == "progress":
+            continue
+        if event[0] == "error":
+            raise event[1]
+        yield event
+        if event[0] == "done":
+            return
+
+
+def make_app(settings):
+    """Build the WSGI app and everything it owns; `app.bridge` holds the state."""
+    bridge = Bridge(settings)
+    app = bottle.Bottle()
+    app.bridge = bridge
+    auth_key = settings.claude_auth_key.encode("utf-8") if settings.claude_auth_key else None
+
+    @app.hook("before_request")
+    def check_auth():
+        if auth_key is None or bottle.request.path == "/health":
+            return
+        header = bottle.request.get_header("Authorization", "")
+        scheme, _, token = header.strip().partition(" ")
+        # RFC 7235: the scheme is case-insensitive.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+                token.strip().encode("utf-8", "replace"), auth_key):
+            raise _error_response(Unauthorized(
+                "Missing or wrong API key: send 'Authorization: Bearer <CLAUDE_AUTH_KEY>'."))
+
+    def default_error(res):
+        # Bottle's own errors (404, 405, 500): JSON, never HTML or a traceback.
+        if res.status_code == 404:
+            exc = NotFound(f"No route for {bottle.request.method} {bottle.request.path}.")
+        elif res.status_code == 405:
+            exc = MethodNotAllowed(f"{bottle.request.method} is not allowed on "
+                                   f"{bottle.request.path}.")
+        else:
+            if res.traceback:
+                log(f"unhandled error on {bottle.request.path}:\n{res.traceback}")
+            exc = BridgeError("Internal error in the bridge; see its log.")
+            exc.status = res.status_code if res.status_code >= 400 else 500
+        # Bottle applied `res` to the response already: set headers on the response.
+        bottle.response.content_type = _JSON
+        return _dumps(exc.body())
+
+    app.default_error_handler = default_error
+
+    @app.get("/health")
+    def health():
+        claude = bridge.claude.health()
+        database = bridge.store.health()
+        status = "ok" if claude["ok"] and database["ok"] else "degraded"
+        return _json_response({"status": status, "version": __version__,
+                               "backends": {"claude": claude}, "database": database})
+
+    @app.get("/v1/models")
+    def models():
+        data = [{"id": name, "object": "model", "created": bridge.started,
+                 "owned_by": "anthropic"} for name in bridge.claude.model_names()]
+        return _json_response({"object": "list", "data": data})
+
+    @app.get("/v1/usage")
+    def usage():
+        return _json_response(bridge.store.summary())
+
+    @app.post("/v1/chat/completions")
+    def chat_completions():
+        environ = bottle.request.environ
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        if length > bridge.max_body:
+            return _error_response(PayloadTooLarge(
+                f"The request body is {length} bytes; the limit is {bridge.max_body} "
+                "(MAX_BODY_MB)."))
+        raw = environ["wsgi.input"].read(length) if length else b""
+        try:
+            chat = parse_chat_request(raw, environ, settings.claude_default_model)
+        except InvalidRequest as exc:
+            return _error_response(exc)
+        provider = "ollama" if chat.model.startswith("ollama/") else "claude"
+        record = RequestRecord(bridge.store, chat, provider)
+        run = None
+        handed_off = False
+        try:
+            backend = bridge.backend_for(chat.model)
+            run = backend.open(chat).start()
+            events = _events_with_housekeeping(run, environ, settings.sse_heartbeat_seconds)
+            if chat.stream:
+                # Wait for the first content before committing to 200, so an early
+                # failure still gets its real status.
+                first = next(e for e in events if e[0] != "tick")
+                handed_off = True
+                return _stream(chat, run, events, first, record)
+            return _complete(chat, events, record)
+        except BridgeError as exc:
+            record.write("error", exc.status, exc.message, run=run)
+            return _error_response(exc)
+        except ClientGone:
+            record.write("cancelled", 499, "client disconnected", run=run)
+            return bottle.HTTPResponse(status=400)  # nobody is listening
+        finally:
+            if run is not None and not handed_off:
+                run.close()
+
+    def _complete(chat, events, record):
+        parts = []
+        for event in events:
+            kind = event[0]
+            if kind == "text":
+                record.first()
+                parts.append(event[1])
+            elif kind == "retract":
+                _retract(parts, event[1])
+            elif kind == "done":
+                final = event[1]
+        body = completion_body(chat, "".join(parts), final)
+        record.write("ok", 200, final=final)
+        return _json_response(body)
+
+    def _stream(chat, run, events, first, record):
+        writer = ChunkWriter(chat)
+        bottle.response.content_type = "text/event-stream"
+        bottle.response.set_header("Cache-Control", "no-cache")
+        bottle.response.set_header("X-Accel-Buffering", "no")  # nginx: do not buffer
+
+        def generate():
+            # Abandoned blocks: text already sent cannot be unsent. When the CLI's retried
+            # answer starts with the voided text, only the rest is sent; when it differs,
+            # the client gets the voided text followed by the whole retried answer.
+            void_left = ""  # voided text the retry has not repeated yet
+            held = ""  # retry text held back because it repeats voided text
+            try:
+                yield writer.chunk({"role": "assistant", "content": ""})
+                stream = iter(events)
+                event = first
+                while event is not None:
+                    kind = event[0]
+                    if kind == "tick":
+                        yield b": keep-alive\n\n"
+                    elif kind == "text":
+                        text = event[1]
+                        if void_left:
+                            n = len(os.path.commonprefix([void_left, text]))
+                            if n == len(text):
+                                void_left, held, text = void_left[n:], held + text, ""
+                            elif n == len(void_left):
+                                void_left, held, text = "", "", text[n:]
+                            else:
+                                void_left, held, text = "", "", held + text
+                        if text:
+                            record.first()
+                            yield writer.chunk({"content": text})
+                    elif kind == "retract":
+                        void_left, held = void_left + event[1], ""
+                    elif kind == "done":
+                        final = event[1]
+                        record.write("ok", 200, final=final)
+                        out = writer.chunk({}, final.finish_reason)
+                        if chat.include_usage:
+                            out += writer.usage(final)
+                        yield out + b"data: [DONE]\n\n"
+                        return
+                    event = next(stream, None)
+                raise BackendFailed("the backend ended without a result")
+            except BridgeError as exc:
+                record.write("error", exc.status, exc.message, run=run)
+                yield writer.error(exc)
+            except ClientGone:
+                record.write("cancelled", 499, "client disconnected", run=run)
+            except GeneratorExit:
+                record.write("cancelled", 499, "client disconnected", run=run)
+                raise
+            finally:
+                run.close()
+
+        return generate()
+
+    return app
+
+
+def _retract(parts, void):
+    """Drop `void` from the end of the collected text parts."""
+    text = "".join(parts)
+    if text.endswith(void):
+        parts[:] = [text[:len(text) - len(void)]]
+
+
+# ----------------------------------------------------------------------------------------
+# Server and main()
+# ----------------------------------------------------------------------------------------
+
+def create_server(settings, app=None):
+    """A waitress server for the app (not yet running); port 0 picks a free port."""
+    import waitress.server
+    app = app or make_app(settings)
+    max_body = settings.max_body_mb * 1024 * 1024
+    server = waitress.server.create_server(
+        app, host=settings.host, port=settings.port, threads=settings.threads,
+        # Every open stream holds a connection; leave room beyond the worker threads.
+        connection_limit=max(100, settings.threads * 4),
+        # Lets the bridge notice a client that hung up while the backend is still silent.
+        channel_request_lookahead=1,
+        # Our own 413 (OpenAI-shaped) is answered below this; waitress's is a backstop.
+        max_request_body_size=max_body * 2,
+        asyncore_use_poll=True,  # select() cannot watch more than 1024 sockets
+        ident="claude-bridge", expose_tracebacks=False)
+    server.app = app
+    return server
+
+
+def main(argv=None):
+    """Run the bridge until Ctrl-C or SIGTERM."""
+    try:
+        settings = load_settings(argv=sys.argv[1:] if argv is None else argv)
+    except SettingsError as exc:
+        print(f"claude-bridge: {exc}", file=sys.stderr)
+        return 2
+    server = create_server(settings)
+    bridge = server.app.bridge
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    host = settings.host if ":" not in settings.host else f"[{settings.host}]"
+    claude = bridge.claude.health()
+    log(f"claude-bridge {__version__} listening on http://{host}:{server.effective_port}/v1")
+    log(f"claude: {claude['version'] or claude['error']}; database: {settings.usage_db_path};"
+        f" auth: {'on' if settings.claude_auth_key else 'off'}")
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+        bridge.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

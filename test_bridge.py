@@ -1,0 +1,881 @@
+"""Tests: the real bridge under waitress on port 0, driven over HTTP by real clients.
+
+Backends are fakes that follow the real wire formats: testkit/fake_claude.py prints what
+Claude Code CLI 2.1.332 prints (built from its transcripts), testkit/fake_ollama.py answers
+like Ollama. One test runs the real CLI against testkit/fake_anthropic.py.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import openai
+import pytest
+import requests
+
+import bridge
+
+ROOT = Path(__file__).resolve().parent
+FAKE_CLAUDE = ROOT / "testkit" / "fake_claude.py"
+REPLY = "FAKE-REPLY model=claude-opus-5-5 msgs=2 len_last=5 to: hello"
+
+
+# ----------------------------------------------------------------------------------------
+# Harness
+# ----------------------------------------------------------------------------------------
+
+class Running:
+    """A bridge served by waitress in a thread, with its fake CLI's log directory."""
+
+    def __init__(self, tmp, env):
+        self.tmp = tmp
+        self.log_dir = tmp / "fake-log"
+        self.log_dir.mkdir(exist_ok=True)
+        base = {"PORT": "0", "CLAUDE_BIN": str(FAKE_CLAUDE), "CLAUDE_WORKDIR": str(tmp),
+                "USAGE_DB_PATH": str(tmp / "usage.db"), "THREADS": "16"}
+        base.update(env)
+        self.settings = bridge.load_settings(environ=base)
+        self.server = bridge.create_server(self.settings)
+        self.app = self.server.app
+        self.url = f"http://127.0.0.1:{self.server.effective_port}"
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+
+    def client(self, **kw):
+        """The official SDK with strict response validation and no retries."""
+        kw.setdefault("api_key", self.settings.claude_auth_key or "unused")
+        return openai.OpenAI(base_url=self.url + "/v1", max_retries=0,
+                             _strict_response_validation=True, timeout=60, **kw)
+
+    def post(self, body, headers=None, **kw):
+        """POST /v1/chat/completions with requests."""
+        return requests.post(self.url + "/v1/chat/completions", json=body,
+                             headers=headers or {}, timeout=60, **kw)
+
+    def runs(self):
+        """What each fake CLI run recorded (argv, stdin, pid, ...), oldest first."""
+        out = []
+        for path in self.log_dir.glob("*.json"):
+            try:
+                out.append(json.loads(path.read_text()))
+            except ValueError:
+                continue  # being written
+        return sorted(out, key=lambda r: r["started"])
+
+    def chat_runs(self):
+        """Fake CLI runs other than `--version` (health checks)."""
+        return [r for r in self.runs() if "--version" not in r["argv"]]
+
+    def rows(self):
+        """The usage rows, oldest first."""
+        db = sqlite3.connect(self.settings.usage_db_path)
+        db.row_factory = sqlite3.Row
+        try:
+            return [dict(r) for r in db.execute("SELECT * FROM requests ORDER BY id")]
+        finally:
+            db.close()
+
+    def stop(self):
+        self.server.close()
+        self.app.bridge.close()
+
+
+@pytest.fixture
+def start(tmp_path, monkeypatch):
+    """Start a bridge with extra settings; every one started is stopped after the test."""
+    started = []
+    # The CLI inherits the bridge's environment: the fake keeps its sessions and logs here.
+    monkeypatch.setenv("CLAUDE_CONFIG_DIR", str(tmp_path / "claude-config"))
+    monkeypatch.setenv("FAKE_CLAUDE_LOG", str(tmp_path / "fake-log"))
+    monkeypatch.delenv("CLAUDECODE", raising=False)
+
+    def _start(**env):
+        running = Running(tmp_path, {k: str(v) for k, v in env.items()})
+        started.append(running)
+        return running
+
+    yield _start
+    for running in started:
+        running.stop()
+
+
+@pytest.fixture
+def br(start):
+    return start()
+
+
+def user(text):
+    return {"model": "claude-code", "messages": [{"role": "user", "content": text}]}
+
+
+def sse_events(response):
+    """(data lines, comment lines) of a raw SSE response."""
+    data, comments = [], []
+    for line in response.iter_lines(decode_unicode=True):
+        if line.startswith("data: "):
+            data.append(line[6:])
+        elif line.startswith(":"):
+            comments.append(line)
+    return data, comments
+
+
+def alive(pid):
+    """True while pid exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_until(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def assert_error(resp, status, code=None):
+    assert resp.status_code == status, resp.text
+    assert resp.headers["Content-Type"].startswith("application/json")
+    err = resp.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert err["message"]
+    if code is not None:
+        assert err["code"] == code
+    return err
+
+
+# ----------------------------------------------------------------------------------------
+# Settings
+# ----------------------------------------------------------------------------------------
+
+def test_settings_defaults_match_the_deployed_names():
+    s = bridge.load_settings(environ={})
+    assert (s.port, s.host, s.claude_bin, s.claude_skip_perms) == (8080, "127.0.0.1", "", False)
+    assert s.claude_default_model == "claude-code"
+    assert s.ollama_url == "http://localhost:11434"
+    assert s.usage_db_path == "./usage.db"
+    assert s.threads >= 64 and s.max_body_mb == 32
+
+
+@pytest.mark.parametrize("name,value", [
+    ("PORT", "eighty"), ("PORT", "70000"), ("CLAUDE_SKIP_PERMS", "maybe"),
+    ("CLAUDE_TIMEOUT", "-1"), ("OLLAMA_URL", "localhost:11434"),
+    ("CLAUDE_WORKDIR", "/no/such/dir"), ("CLAUDE_DEFAULT_MODEL", "--evil"),
+    ("CLAUDE_SYSTEM_PROMPT", "sideways"), ("THREADS", "1")])
+def test_bad_setting_names_the_variable(name, value):
+    with pytest.raises(bridge.SettingsError, match=name):
+        bridge.load_settings(environ={name: value})
+
+
+def test_bad_setting_stops_start_up_with_a_message():
+    out = subprocess.run([sys.executable, str(ROOT / "bridge.py")], capture_output=True,
+                         text=True, timeout=30, env={**os.environ, "PORT": "nope"})
+    assert out.returncode == 2
+    assert "PORT" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_flags_override_environment_and_help_lists_every_setting():
+    s = bridge.load_settings(environ={"PORT": "1234"}, argv=["--port", "9000"])
+    assert s.port == 9000
+    help_text = bridge.build_arg_parser().format_help()
+    for setting in bridge.SETTINGS:
+        assert bridge._flag(setting) in help_text and setting.name in help_text
+
+
+def test_readme_documents_every_setting():
+    readme = (ROOT / "README.md").read_text()
+    documented = dict(re.findall(r"^\| `([A-Z_]+)` \| (\S+) \|", readme, re.M))
+    assert documented == {s.name: f"`{s.default}`" if s.default else "(unset)"
+                          for s in bridge.SETTINGS}
+
+
+def test_no_routes_on_bottles_default_app():
+    import bottle
+    assert not bottle.default_app().routes
+
+
+# ----------------------------------------------------------------------------------------
+# Chat: JSON and streaming through the official SDK
+# ----------------------------------------------------------------------------------------
+
+def test_chat_json_parses_strictly_and_counts_tokens(br):
+    reply = br.client().chat.completions.create(
+        model="claude-code", messages=[{"role": "user", "content": "hello"}])
+    assert reply.choices[0].message.content == REPLY
+    assert reply.choices[0].message.role == "assistant"
+    assert reply.choices[0].finish_reason == "stop"
+    assert reply.object == "chat.completion" and reply.model == "claude-code"
+    # prompt = input + cache_creation + cache_read; cached = cache_read.
+    assert reply.usage.prompt_tokens == 111 + 222 + 333
+    assert reply.usage.prompt_tokens_details.cached_tokens == 333
+    assert reply.usage.completion_tokens == 44
+    assert reply.usage.total_tokens == 666 + 44
+
+
+def test_cli_gets_prompt_on_stdin_and_fixed_flags(br, monkeypatch):
+    br.client().chat.completions.create(
+        model="claude-code", messages=[{"role": "user", "content": "-p --help hello"}])
+    (run,) = br.chat_runs()
+    assert run["stdin"] == "-p --help hello"
+    assert "-p --help hello" not in " ".join(run["argv"])
+    assert run["argv"][:5] == ["-p", "--output-format", "stream-json", "--verbose",
+                               "--include-partial-messages"]
+    assert not any(a.startswith("--model") for a in run["argv"])
+    assert "--dangerously-skip-permissions" not in run["argv"]
+    assert "--no-session-persistence" in run["argv"]
+    assert run["cwd"] == str(br.tmp)
+
+
+def test_cli_environment_drops_claudecode(start, monkeypatch):
+    monkeypatch.setenv("CLAUDECODE", "1")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:9")
+    br = start()
+    br.client().chat.completions.create(model="claude-code",
+                                        messages=[{"role": "user", "content": "hi"}])
+    (run,) = br.chat_runs()
+    assert run["env_claudecode"] is None
+
+
+def test_stream_is_token_level_with_constant_id_and_usage(br):
+    chunks = list(br.client().chat.completions.create(
+        model="claude-code", messages=[{"role": "user", "content": "hello"}], stream=True,
+        stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert len({c.id for c in chunks}) == 1 and len({c.created for c in chunks}) == 1
+    texts = [c.choices[0].delta.content for c in chunks[1:] if c.choices
+             and c.choices[0].delta.content]
+    assert texts == ["FAKE-REPLY ", "model=claude-opus-5-5 ", "msgs=2 ", "len_last=5 ",
+                     "to: ", "hello"]
+    finishes = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finishes) == 1 and finishes[0].choices[0].finish_reason == "stop"
+    assert finishes[0].choices[0].delta.content is None
+    usage = chunks[-1]
+    assert usage.choices == [] and usage.usage.prompt_tokens == 666
+    assert usage.usage.completion_tokens == 44
+
+
+def test_stream_wire_format_ends_with_done(br):
+    resp = br.post({**user("hello"), "stream": True}, stream=True)
+    assert resp.status_code == 200
+    assert resp.headers["Content-Type"].startswith("text/event-stream")
+    data, _ = sse_events(resp)
+    assert data[-1] == "[DONE]"
+    chunks = [json.loads(d) for d in data[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert not any("usage" in c for c in chunks)  # only with include_usage
+    assert chunks[-1]["choices"][0] == {"index": 0, "delta": {}, "logprobs": None,
+                                        "finish_reason": "stop"}
+
+
+def test_stream_helper_of_the_sdk_accumulates_the_reply(br):
+    with br.client().chat.completions.stream(
+            model="claude-code", messages=[{"role": "user", "content": "hello"}]) as s:
+        final = s.get_final_completion()
+    assert final.choices[0].message.content == REPLY
+
+
+def test_models_lists_claude_names(start):
+    br = start(CLAUDE_DEFAULT_MODEL="claude-sonnet-4-5")
+    ids = [m.id for m in br.client().models.list()]
+    assert ids[:4] == ["claude-code", "sonnet", "opus", "haiku"]
+    assert "claude-sonnet-4-5" in ids
+
+
+def test_named_model_is_passed_and_default_model_applies(start):
+    br = start(CLAUDE_DEFAULT_MODEL="haiku")
+    reply = br.client().chat.completions.create(
+        model="sonnet", messages=[{"role": "user", "content": "hello"}])
+    assert "model=claude-sonnet-5-5" in reply.choices[0].message.content
+    resp = br.post({"messages": [{"role": "user", "content": "hello"}]})
+    assert resp.status_code == 200 and resp.json()["model"] == "haiku"
+    argvs = [r["argv"] for r in br.chat_runs()]
+    assert "--model=sonnet" in argvs[0] and "--model=haiku" in argvs[1]
+
+
+@pytest.mark.parametrize("model", ["-p", "--dangerously-skip-permissions", "a b",
+                                   "x\ny", "sonnet\x00", "x" * 300, "$(id)", ""])
+def test_model_names_that_could_be_flags_are_refused(br, model):
+    err = assert_error(br.post({**user("hi"), "model": model}), 400)
+    assert err["param"] == "model"
+    assert br.chat_runs() == []
+
+
+def test_system_messages_go_to_append_system_prompt(br):
+    br.client().chat.completions.create(model="claude-code", messages=[
+        {"role": "system", "content": "-be terse"},
+        {"role": "developer", "content": "answer in French"},
+        {"role": "user", "content": "hello"}])
+    (run,) = br.chat_runs()
+    assert "--append-system-prompt=-be terse\n\nanswer in French" in run["argv"]
+    assert run["stdin"] == "hello"
+
+
+def test_system_prompt_can_replace_claude_codes_prompt(start):
+    br = start(CLAUDE_SYSTEM_PROMPT="replace")
+    br.client().chat.completions.create(model="claude-code", messages=[
+        {"role": "system", "content": "You are a pirate."},
+        {"role": "user", "content": "hello"}])
+    (run,) = br.chat_runs()
+    assert "--system-prompt=You are a pirate." in run["argv"]
+
+
+def test_history_is_flattened_with_the_last_user_message_last(br):
+    br.client().chat.completions.create(model="claude-code", messages=[
+        {"role": "user", "content": "My name is Ada."},
+        {"role": "assistant", "content": "Hello Ada."},
+        {"role": "user", "content": [{"type": "text", "text": "What is my name?"}]}])
+    (run,) = br.chat_runs()
+    prompt = run["stdin"]
+    assert prompt.index("[user]\nMy name is Ada.") < prompt.index("[assistant]\nHello Ada.")
+    assert prompt.endswith("\n\nWhat is my name?")
+
+
+def test_large_prompt_goes_through_stdin(br):
+    big = "word " * 80_000  # 400 KB: far past the 128 KiB argv limit
+    reply = br.client().chat.completions.create(
+        model="claude-code", messages=[{"role": "user", "content": big}])
+    assert f"len_last={len(big)}" in reply.choices[0].message.content
+    (run,) = br.chat_runs()
+    assert len(run["stdin"]) == len(big)
+    assert sum(len(a) for a in run["argv"]) < 1000
+
+
+def test_huge_output_line_and_stderr_flood_are_handled(br):
+    reply = br.client().chat.completions.create(
+        model="claude-code", messages=[{"role": "user", "content": "[fake:big:2000000]"}])
+    assert reply.choices[0].message.content.endswith("x" * 2_000_000)
+    reply = br.client().chat.completions.create(
+        model="claude-code", messages=[{"role": "user", "content": "[fake:stderr-flood]"}])
+    assert reply.choices[0].message.content.startswith("FAKE-REPLY")
+
+
+def test_claude_tools_run_inside_the_cli_and_text_comes_back(br):
+    reply = br.client().chat.completions.create(
+        model="claude-code", messages=[{"role": "user", "content": "[fake:tool-use]"}])
+    content = reply.choices[0].message.content
+    assert "Calling tool." in content and "FAKE-REPLY after tool_result" in content
+
+
+# ----------------------------------------------------------------------------------------
+# Abandoned blocks: the CLI voids streamed text and answers again
+# ----------------------------------------------------------------------------------------
+
+def test_abandoned_blocks_json_holds_the_final_text_only(br):
+    reply = br.client().chat.completions.create(
+        model="claude-code", messages=[{"role": "user", "content": "[fake:midstream-fallback]"}])
+    content = reply.choices[0].message.content
+    assert content.startswith("FAKE-REPLY model=") and content.count("FAKE-REPLY") == 1
+
+
+def test_abandoned_blocks_stream_sends_only_the_rest_when_it_repeats(br):
+    chunks = br.client().chat.completions.create(
+        model="claude-code", stream=True,
+        messages=[{"role": "user", "content": "[fake:midstream-fallback]"}])
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.startswith("FAKE-REPLY model=") and text.count("FAKE-REPLY") == 1
+
+
+def test_abandoned_blocks_stream_that_differs_keeps_the_whole_answer(br):
+    prompt = "[fake:midstream-fallback:Something else entirely]"
+    chunks = br.client().chat.completions.create(
+        model="claude-code", stream=True, messages=[{"role": "user", "content": prompt}])
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    # Sent text cannot be unsent: the voided text, then the whole retried answer.
+    assert text.startswith("Something else entirely")
+    assert text.endswith("to: " + prompt)
+    reply = br.client().chat.completions.create(
+        model="claude-code", messages=[{"role": "user", "content": prompt}])
+    assert reply.choices[0].message.content.startswith("FAKE-REPLY")
+
+
+# ----------------------------------------------------------------------------------------
+# Errors before and after the first byte
+# ----------------------------------------------------------------------------------------
+
+def test_unknown_route_and_wrong_method_are_json(br):
+    assert_error(requests.get(br.url + "/nope", timeout=10), 404)
+    assert_error(requests.get(br.url + "/v1/chat/completions", timeout=10), 405)
+    assert_error(requests.delete(br.url + "/v1/models", timeout=10), 405)
+
+
+BAD_BODIES = [
+    (b"", None), (b"{not json", None), (b"[1, 2]", None), (b'"hi"', None),
+    (b'{"model": "claude-code"}', "messages"),
+    (b'{"messages": []}', "messages"),
+    (b'{"messages": {"role": "user"}}', "messages"),
+    (b'{"messages": ["hi"]}', "messages[0]"),
+    (b'{"messages": [{"content": "hi"}]}', "messages[0].role"),
+    (b'{"messages": [{"role": "wizard", "content": "hi"}]}', "messages[0].role"),
+    (b'{"messages": [{"role": "user", "content": 5}]}', "messages[0].content"),
+    (b'{"messages": [{"role": "user"}]}', "messages[0].content"),
+    (b'{"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}',
+     "messages[0].content[0].type"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "n": 2}', "n"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}', "stream"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "model": 7}', "model"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}',
+     "temperature"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": true}', "max_tokens"),
+    (b"[" * 100000 + b"]" * 100000, None),
+]
+
+
+@pytest.mark.parametrize("body,param", BAD_BODIES)
+def test_bad_requests_get_a_400_with_the_openai_error(br, body, param):
+    resp = requests.post(br.url + "/v1/chat/completions", data=body, timeout=10,
+                         headers={"Content-Type": "application/json"})
+    err = assert_error(resp, 400)
+    assert err["type"] == "invalid_request_error" and err["param"] == param
+    assert "Traceback" not in resp.text
+
+
+def test_images_are_refused_by_the_claude_backend_for_now(br):
+    err = assert_error(br.post({"model": "claude-code", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}), 400)
+    assert "image" in err["message"]
+
+
+@pytest.mark.parametrize("value", ["x" * 129, "a\tb", "a\x85b", ""])
+def test_bad_session_ids_are_400(br, value):
+    resp = requests.post(br.url + "/v1/chat/completions", timeout=10,
+                         data=json.dumps(user("hi")).encode(),
+                         headers={"X-Session-ID": value.encode("latin-1")})
+    assert assert_error(resp, 400)["param"] == "X-Session-ID"
+
+
+def test_sdk_raises_typed_errors(br):
+    client = br.client()
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="claude-code", messages=[], n=1)
+    assert info.value.body["param"] == "messages"
+    with pytest.raises(openai.NotFoundError):
+        client.get("/nope", cast_to=object)
+
+
+def test_body_limit_answers_413_with_the_error_object(start):
+    br = start(MAX_BODY_MB="1")
+    big = user("x" * (1024 * 1024 + 10))
+    assert_error(br.post(big), 413, "request_too_large")
+    assert br.chat_runs() == []
+
+
+def test_api_error_is_a_502_with_the_clis_own_text(br):
+    for stream in (False, True):
+        resp = br.post({**user("[fake:error-401]"), "stream": stream})
+        err = assert_error(resp, 502)
+        assert "Invalid API key · Fix external API key" in err["message"]
+
+
+@pytest.mark.parametrize("scenario,words", [
+    ("error-500", "API Error: 500"), ("error-connrefused", "Connection refused"),
+    ("garbage", "garbage"), ("half-line", "unreadable output"), ("crash", "signal 9"),
+    ("exit-nonzero:Error: bad flag", "bad flag"), ("max-turns", "Claude Code CLI")])
+def test_cli_failures_are_502_and_leave_no_process(br, scenario, words):
+    resp = br.post(user(f"[fake:{scenario}]"))
+    err = assert_error(resp, 502)
+    assert words in err["message"], err["message"]
+    for run in br.chat_runs():
+        assert wait_until(lambda: not alive(run["pid"]))
+    row = br.rows()[-1]
+    assert (row["outcome"], row["status"], row["is_error"]) == ("error", 502, 1)
+
+
+def test_crash_after_text_is_an_sse_error_event(br):
+    resp = br.post({**user("[fake:crash]"), "stream": True}, stream=True)
+    assert resp.status_code == 200
+    data, _ = sse_events(resp)
+    assert "[DONE]" not in data
+    err = json.loads(data[-1])["error"]
+    assert set(err) == {"message", "type", "param", "code"} and "signal 9" in err["message"]
+    assert br.rows()[-1]["outcome"] == "error"
+
+
+def test_midstream_api_error_raises_in_the_sdk(br):
+    with pytest.raises(openai.APIError, match="stream interrupted"):
+        for _ in br.client().chat.completions.create(
+                model="claude-code", stream=True,
+                messages=[{"role": "user", "content": "[fake:midstream-error]"}]):
+            pass
+
+
+def test_missing_binary_is_503_saying_how_to_install(start):
+    br = start(CLAUDE_BIN=str(br_tmp_missing := "/nonexistent/claude"))
+    err = assert_error(br.post(user("hi")), 503, "claude_not_found")
+    assert "npm install -g @anthropic-ai/claude-code" in err["message"]
+    assert br_tmp_missing in err["message"]
+    health = requests.get(br.url + "/health", timeout=10).json()
+    assert health["status"] == "degraded"
+    assert "not found" in health["backends"]["claude"]["error"]
+
+
+def test_root_refusal_of_skip_permissions_is_reported(start, monkeypatch):
+    monkeypatch.delenv("IS_SANDBOX", raising=False)
+    br = start(CLAUDE_SKIP_PERMS="true")
+    resp = br.post(user("hello"))
+    (run,) = br.chat_runs()
+    assert "--dangerously-skip-permissions" in run["argv"]
+    if os.geteuid() == 0:  # CI runs as root: the CLI refuses, and says why
+        assert "cannot be used with root/sudo" in assert_error(resp, 502)["message"]
+    else:
+        assert resp.status_code == 200
+
+
+# ----------------------------------------------------------------------------------------
+# Auth and health
+# ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("header", [None, "Bearer wrong", "secret", "Basic secret",
+                                    "Bearer", "Bearer secret2", "Bearersecret"])
+def test_auth_key_refuses_missing_or_wrong_keys(start, header):
+    br = start(CLAUDE_AUTH_KEY="secret")
+    headers = {"Authorization": header} if header else {}
+    for method, path in (("POST", "/v1/chat/completions"), ("GET", "/v1/models"),
+                         ("GET", "/v1/usage"), ("GET", "/nope")):
+        resp = requests.request(method, br.url + path, headers=headers, json=user("hi"),
+                                timeout=10)
+        assert_error(resp, 401, "invalid_api_key")
+    assert br.chat_runs() == []
+
+
+def test_auth_key_accepts_the_bearer_key_and_health_stays_open(start):
+    br = start(CLAUDE_AUTH_KEY="secret")
+    assert br.client().models.list().data
+    for header in ("bearer secret", "BEARER  secret "):
+        resp = requests.get(br.url + "/v1/models", headers={"Authorization": header},
+                            timeout=10)
+        assert resp.status_code == 200
+    with pytest.raises(openai.AuthenticationError):
+        br.client(api_key="nope").models.list()
+    assert requests.get(br.url + "/health", timeout=10).status_code == 200
+
+
+def test_health_reports_the_cli_version_without_running_a_chat(br):
+    body = requests.get(br.url + "/health", timeout=10).json()
+    assert body["status"] == "ok"
+    claude = body["backends"]["claude"]
+    assert claude["ok"] and claude["version"] == "2.1.332 (Claude Code)"
+    assert claude["binary"] == str(FAKE_CLAUDE)
+    assert body["database"]["ok"]
+    assert br.chat_runs() == []
+
+
+# ----------------------------------------------------------------------------------------
+# Sessions
+# ----------------------------------------------------------------------------------------
+
+def test_session_first_turn_then_resume_with_only_the_new_message(br):
+    client = br.client()
+    h = {"X-Session-ID": "chat-1"}
+    first = client.chat.completions.create(
+        model="claude-code", extra_headers=h,
+        messages=[{"role": "user", "content": "My secret word is PINEAPPLE."}])
+    second = client.chat.completions.create(model="claude-code", extra_headers=h, messages=[
+        {"role": "user", "content": "My secret word is PINEAPPLE."},
+        {"role": "assistant", "content": first.choices[0].message.content},
+        {"role": "user", "content": "What is my secret word?"}])
+    assert "msgs=4" in second.choices[0].message.content
+    one, two = br.chat_runs()
+    i = one["argv"].index("--session-id")
+    claude_uuid = one["argv"][i + 1]
+    assert uuid.UUID(claude_uuid)
+    assert two["argv"][two["argv"].index("--resume") + 1] == claude_uuid
+    assert two["stdin"] == "What is my secret word?"
+    # total_cost_usd is cumulative: the second row holds only its own run's cost.
+    rows = br.rows()
+    assert [r["cost_usd"] for r in rows] == pytest.approx([0.0025006, 0.0025006])
+    assert [r["session_id"] for r in rows] == ["chat-1", "chat-1"]
+
+
+def test_session_mapping_survives_a_restart(start):
+    br = start()
+    h = {"X-Session-ID": "persisted"}
+    br.client().chat.completions.create(model="claude-code", extra_headers=h,
+                                        messages=[{"role": "user", "content": "one"}])
+    br.stop()
+    again = start()
+    reply = again.client().chat.completions.create(
+        model="claude-code", extra_headers=h, messages=[{"role": "user", "content": "two"}])
+    assert "msgs=4" in reply.choices[0].message.content
+    assert "--resume" in again.chat_runs()[-1]["argv"]
+
+
+def test_lost_claude_session_heals_from_the_clients_history(br, tmp_path):
+    client = br.client()
+    h = {"X-Session-ID": "healme"}
+    client.chat.completions.create(model="claude-code", extra_headers=h,
+                                   messages=[{"role": "user", "content": "one"}])
+    for f in (tmp_path / "claude-config").rglob("*.jsonl"):
+        f.unlink()  # the CLI lost its session file
+    reply = client.chat.completions.create(model="claude-code", extra_headers=h, messages=[
+        {"role": "user", "content": "one"}, {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "two"}])
+    assert reply.choices[0].message.content.startswith("FAKE-REPLY")
+    runs = br.chat_runs()
+    assert "--resume" in runs[1]["argv"]
+    healed = runs[2]["argv"]
+    new_uuid = healed[healed.index("--session-id") + 1]
+    assert new_uuid != runs[0]["argv"][runs[0]["argv"].index("--session-id") + 1]
+    assert "[user]\none" in runs[2]["stdin"] and runs[2]["stdin"].endswith("two")
+    # ... and the next turn resumes the healed session.
+    client.chat.completions.create(model="claude-code", extra_headers=h,
+                                   messages=[{"role": "user", "content": "three"}])
+    assert br.chat_runs()[3]["argv"][-1] == new_uuid
+
+
+def test_changed_workdir_starts_a_new_session(start, tmp_path):
+    br = start()
+    h = {"X-Session-ID": "moving"}
+    br.client().chat.completions.create(model="claude-code", extra_headers=h,
+                                        messages=[{"role": "user", "content": "one"}])
+    br.stop()
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    moved = start(CLAUDE_WORKDIR=str(other))
+    reply = moved.client().chat.completions.create(
+        model="claude-code", extra_headers=h, messages=[{"role": "user", "content": "two"}])
+    assert reply.choices[0].message.content.startswith("FAKE-REPLY")
+    assert "--session-id" in moved.chat_runs()[-1]["argv"]
+
+
+def test_failed_first_turn_is_not_kept_and_its_uuid_never_reused(br):
+    h = {"X-Session-ID": "unlucky"}
+    assert br.post(user("[fake:error-401]"), headers=h).status_code == 502
+    reply = br.client().chat.completions.create(
+        model="claude-code", extra_headers=h, messages=[{"role": "user", "content": "again"}])
+    assert "msgs=2" in reply.choices[0].message.content
+    failed, ok = br.chat_runs()
+    assert "--session-id" in ok["argv"]
+    assert failed["argv"][-1] != ok["argv"][-1]
+
+
+def test_turns_of_one_session_run_one_at_a_time(br):
+    h = {"X-Session-ID": "serial"}
+    results = []
+
+    def turn(text):
+        results.append(br.post(user(text), headers=h).json())
+
+    threads = [threading.Thread(target=turn, args=(f"[fake:slow:3:100] {i}",))
+               for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all("choices" in r for r in results)
+    runs = br.chat_runs()
+    assert len(runs) == 3
+    for earlier, later in zip(runs, runs[1:]):
+        assert later["started"] >= earlier["finished"]
+    # The first turn created the Claude session, the others resumed it in turn.
+    assert "--session-id" in runs[0]["argv"]
+    assert all("--resume" in r["argv"] for r in runs[1:])
+    assert len(br.app.bridge.claude.session_locks) == 0
+
+
+# ----------------------------------------------------------------------------------------
+# Lifecycle: disconnects, timeouts, heartbeats, concurrency
+# ----------------------------------------------------------------------------------------
+
+def _first_run(br):
+    assert wait_until(lambda: br.chat_runs())
+    return br.chat_runs()[0]
+
+
+def test_client_disconnect_mid_stream_ends_the_cli(br):
+    resp = br.post({**user("[fake:slow:100:100]"), "stream": True}, stream=True)
+    lines = resp.iter_lines()
+    for line in lines:
+        if b"tick1" in line:
+            break
+    run = _first_run(br)
+    resp.close()
+    assert wait_until(lambda: not alive(run["pid"]), timeout=8)
+    assert wait_until(lambda: br.rows() and br.rows()[-1]["outcome"] == "cancelled")
+
+
+def test_client_disconnect_while_cli_is_silent_ends_it_and_its_children(start):
+    br = start(SSE_HEARTBEAT_SECONDS="0.5")
+    for stream in (True, False):
+        sock = socket.create_connection(("127.0.0.1", br.server.effective_port))
+        body = json.dumps({**user("[fake:child]"), "stream": stream}).encode()
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: "
+                     + str(len(body)).encode() + b"\r\n\r\n" + body)
+        assert wait_until(lambda: any("child_pid" in r for r in br.chat_runs()[-1:]))
+        run = br.chat_runs()[-1]
+        sock.close()
+        assert wait_until(lambda: not alive(run["pid"]), timeout=8)
+        assert wait_until(lambda: not alive(run["child_pid"]), timeout=8)
+        for f in br.log_dir.glob("*.json"):
+            f.unlink()
+
+
+def test_whole_request_timeout_before_first_byte_is_504(start):
+    br = start(CLAUDE_TIMEOUT="1")
+    t0 = time.monotonic()
+    assert_error(br.post({**user("[fake:hang]"), "stream": True}), 504, "timeout")
+    assert time.monotonic() - t0 < 6
+    assert wait_until(lambda: not alive(br.chat_runs()[0]["pid"]))
+    assert br.rows()[-1]["status"] == 504
+
+
+def test_idle_timeout_ends_a_silent_cli(start):
+    br = start(CLAUDE_IDLE_TIMEOUT="1")
+    err = assert_error(br.post(user("[fake:silent]")), 504)
+    assert "CLAUDE_IDLE_TIMEOUT" in err["message"]
+    assert wait_until(lambda: not alive(br.chat_runs()[0]["pid"]))
+
+
+def test_idle_timeout_after_first_byte_is_an_sse_error(start):
+    br = start(CLAUDE_IDLE_TIMEOUT="1", CLAUDE_TIMEOUT="30")
+    resp = br.post({**user("[fake:slow:2:3000]"), "stream": True}, stream=True)
+    assert resp.status_code == 200
+    data, _ = sse_events(resp)
+    assert "CLAUDE_IDLE_TIMEOUT" in json.loads(data[-1])["error"]["message"]
+    assert wait_until(lambda: not alive(br.chat_runs()[0]["pid"]))
+
+
+def test_heartbeat_comments_while_claude_is_silent(start):
+    br = start(SSE_HEARTBEAT_SECONDS="0.3")
+    resp = br.post({**user("[fake:slow:3:1000]"), "stream": True}, stream=True)
+    data, comments = sse_events(resp)
+    assert data[-1] == "[DONE]"
+    assert len(comments) >= 2 and all(c == ": keep-alive" for c in comments)
+
+
+def test_concurrency_cap_answers_429_with_retry_after(start):
+    br = start(CLAUDE_MAX_CONCURRENCY="1", CLAUDE_QUEUE_TIMEOUT="0.5")
+    slow = threading.Thread(target=br.post, args=(user("[fake:slow:20:100]"),))
+    slow.start()
+    assert wait_until(lambda: br.chat_runs())
+    resp = br.post(user("hello"))
+    err = assert_error(resp, 429, "rate_limit_exceeded")
+    assert resp.headers["Retry-After"].isdigit() and "CLAUDE_MAX_CONCURRENCY" in err["message"]
+    slow.join()
+    assert br.post(user("hello")).status_code == 200
+
+
+def test_requests_wait_in_the_queue_for_a_free_slot(start):
+    br = start(CLAUDE_MAX_CONCURRENCY="2", CLAUDE_QUEUE_TIMEOUT="30")
+    statuses = []
+    threads = [threading.Thread(target=lambda: statuses.append(
+        br.post(user("[fake:slow:3:100]")).status_code)) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [200] * 6
+    runs = br.chat_runs()
+    events = sorted([(r["started"], 1) for r in runs] + [(r["finished"], -1) for r in runs])
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    assert peak <= 2
+
+
+def test_shutdown_ends_running_clis(start):
+    br = start()
+    threading.Thread(target=br.post, args=(user("[fake:hang]"),), daemon=True).start()
+    run = _first_run(br)
+    br.stop()
+    assert wait_until(lambda: not alive(run["pid"]), timeout=8)
+
+
+# ----------------------------------------------------------------------------------------
+# Usage rows (the basics; the usage API has its own issue)
+# ----------------------------------------------------------------------------------------
+
+def test_every_request_past_parsing_is_one_row(br):
+    br.post(user("hello"))
+    br.post(user("[fake:error-401]"))
+    br.post({**user("hello"), "model": "-x"})
+    br.post({**user("hello"), "stream": True})
+    rows = br.rows()
+    assert [(r["outcome"], r["status"], r["stream"]) for r in rows] == [
+        ("ok", 200, 0), ("error", 502, 0), ("error", 400, 0), ("ok", 200, 1)]
+    assert rows[0]["prompt_tokens"] == 666 and rows[0]["total_tokens"] == 710
+    assert rows[0]["cost_usd"] == pytest.approx(0.0025006)
+    assert rows[3]["ttft_ms"] is not None and rows[0]["duration_ms"] >= 0
+    summary = requests.get(br.url + "/v1/usage", timeout=10).json()
+    by_model = {s["model"]: s for s in summary}
+    assert by_model["claude-code"]["requests"] == 3 and by_model["claude-code"]["errors"] == 1
+
+
+# ----------------------------------------------------------------------------------------
+# The real Claude Code CLI against a loopback fake Anthropic API
+# ----------------------------------------------------------------------------------------
+
+def _real_cli():
+    for candidate in (os.environ.get("CLAUDE_E2E_BIN"),
+                      str(Path.home() / ".cache/claude-bridge/cli/node_modules/.bin/claude"),
+                      shutil.which("claude")):
+        if candidate and os.path.exists(candidate) and candidate != str(FAKE_CLAUDE):
+            return candidate
+    return None
+
+
+@pytest.fixture
+def real_cli():
+    path = _real_cli()
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("the real claude CLI must be installed in CI (.ci/run does it)")
+        pytest.skip("real claude CLI not installed (npm install @anthropic-ai/claude-code)")
+    return path
+
+
+def test_real_cli_end_to_end(start, real_cli, tmp_path, monkeypatch):
+    from testkit import fake_anthropic
+    api = fake_anthropic.start()
+    try:
+        home = tmp_path / "home"
+        home.mkdir()
+        monkeypatch.setenv("HOME", str(home))
+        monkeypatch.delenv("CLAUDE_CONFIG_DIR")
+        for name, value in (("ANTHROPIC_BASE_URL", api.url), ("ANTHROPIC_API_KEY", "dummy"),
+                            ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
+                            ("DISABLE_TELEMETRY", "1"), ("DISABLE_AUTOUPDATER", "1"),
+                            ("CLAUDE_CODE_MAX_RETRIES", "0")):
+            monkeypatch.setenv(name, value)
+        br = start(CLAUDE_BIN=real_cli)
+        client = br.client()
+        reply = client.chat.completions.create(
+            model="claude-code", messages=[{"role": "user", "content": "hello"}])
+        assert reply.choices[0].message.content.endswith("to: hello")
+        assert reply.usage.prompt_tokens == 666 and reply.usage.completion_tokens == 44
+        chunks = list(client.chat.completions.create(
+            model="claude-code", stream=True, stream_options={"include_usage": True},
+            messages=[{"role": "user", "content": "stream please"}]))
+        texts = [c.choices[0].delta.content for c in chunks if c.choices
+                 and c.choices[0].delta.content]
+        assert len(texts) > 2 and "".join(texts).endswith("to: stream please")
+        h = {"X-Session-ID": "real"}
+        client.chat.completions.create(model="claude-code", extra_headers=h,
+                                       messages=[{"role": "user", "content": "PINEAPPLE"}])
+        again = client.chat.completions.create(
+            model="claude-code", extra_headers=h,
+            messages=[{"role": "user", "content": "What was the word?"}])
+        assert "msgs=4" in again.choices[0].message.content  # the CLI re-sent the history
+        assert "PINEAPPLE" in json.dumps(api.requests[-1]["messages"])
+        rows = br.rows()
+        assert rows[-1]["cost_usd"] == pytest.approx(rows[-2]["cost_usd"])
+        api.mode = "error-401"
+        err = assert_error(br.post(user("hi")), 502)
+        assert "Invalid API key" in err["message"]
+    finally:
+        api.stop()
