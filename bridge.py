@@ -1580,6 +1580,17 @@ def create_server(settings, app=None):
     return server
 
 
+def stop_server(server, thread, timeout=5.0):
+    """Stop a server whose run() loop is in `thread`, closing sockets in that loop."""
+    from waitress import wasyncore
+    # Closing the sockets from another thread races the poll loop; a thunk runs inside it.
+    server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+    thread.join(timeout)
+    server.task_dispatcher.shutdown(timeout=timeout)
+    if thread.is_alive():
+        server.close()
+
+
 def main(argv=None):
     """Run the bridge until Ctrl-C or SIGTERM."""
     try:

@@ -86,8 +86,9 @@ class Running:
             db.close()
 
     def stop(self):
-        self.server.close()
-        self.app.bridge.close()
+        if self.thread.is_alive():
+            bridge.stop_server(self.server, self.thread)
+            self.app.bridge.close()
 
 
 @pytest.fixture
@@ -790,9 +791,16 @@ def test_requests_wait_in_the_queue_for_a_free_slot(start):
 
 def test_shutdown_ends_running_clis(start):
     br = start()
-    threading.Thread(target=br.post, args=(user("[fake:hang]"),), daemon=True).start()
+
+    def hang():
+        with pytest.raises(requests.ConnectionError):  # the bridge goes away
+            br.post(user("[fake:hang]"))
+
+    client = threading.Thread(target=hang)
+    client.start()
     run = _first_run(br)
     br.stop()
+    client.join()
     assert wait_until(lambda: not alive(run["pid"]), timeout=8)
 
 

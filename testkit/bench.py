@@ -69,7 +69,9 @@ def through_bridge(url, prompt):
 def serve(env):
     settings = bridge.load_settings(environ=env)
     server = bridge.create_server(settings)
-    threading.Thread(target=server.run, daemon=True).start()
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    server.thread = thread
     return server, f"http://127.0.0.1:{server.effective_port}"
 
 
@@ -101,7 +103,7 @@ def first_byte(args):
             # Interleave so drift on a noisy machine hits both sides alike.
             bare.append(bare_cli(binary, f"hello {i}"))
             via.append(through_bridge(url, f"hello {i}"))
-        server.close()
+        bridge.stop_server(server, server.thread)
         server.app.bridge.close()
         b_line, b_delta = (median_ms([b[k] for b in bare]) for k in (0, 1))
         v_byte, v_content = (median_ms([v[k] for v in via]) for k in (0, 1))
