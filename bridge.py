@@ -16,6 +16,7 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -24,6 +25,7 @@ import time
 import uuid
 
 import bottle
+import requests
 
 __version__ = "0.1.0"
 
@@ -125,6 +127,18 @@ SETTINGS = (
     Setting("CLAUDE_AUTH_KEY", "", _text,
             "If set, clients must send `Authorization: Bearer <key>` (all routes but /health)."),
     Setting("OLLAMA_URL", "http://localhost:11434", _http_url, "Base URL of the Ollama server."),
+    Setting("OLLAMA_CONNECT_TIMEOUT", "3", _seconds,
+            "Seconds to connect to Ollama before it counts as unreachable."),
+    Setting("OLLAMA_TIMEOUT", "300", _seconds,
+            "Seconds Ollama may stay silent (loading a model counts) before a 504."),
+    Setting("OLLAMA_SESSIONS", "1000", _int_between(1, 1_000_000),
+            "Ollama conversations kept in memory (least recently used dropped)."),
+    Setting("OLLAMA_SESSION_TTL", "3600", _seconds,
+            "Seconds an idle Ollama conversation is kept."),
+    Setting("OLLAMA_SESSION_MAX_MESSAGES", "200", _int_between(2, 100_000),
+            "Messages kept per Ollama conversation (oldest turns dropped)."),
+    Setting("OLLAMA_SESSION_MAX_KB", "1024", _int_between(1, 1_048_576),
+            "KiB kept per Ollama conversation (oldest turns dropped)."),
     Setting("USAGE_DB_PATH", "./usage.db", _text, "SQLite file for usage rows and sessions."),
     Setting("SSE_HEARTBEAT_SECONDS", "15", _seconds,
             "Seconds between keep-alive comments while a stream is silent."),
@@ -456,6 +470,75 @@ class KeyedLocks:
         return len(self._locks)
 
 
+class ChatHistories:
+    """Conversations kept in memory per session id, for backends with no store of their
+    own (Ollama). Bounded in sessions (least recently used dropped), idle time, and
+    messages and bytes per session (oldest turns dropped, the system message kept)."""
+
+    def __init__(self, max_sessions, ttl_seconds, max_messages, max_bytes):
+        self.max_sessions = max_sessions
+        self.ttl = ttl_seconds
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.locks = KeyedLocks()  # one turn of a session at a time
+        self._lock = threading.Lock()  # guards _items only; never held during I/O
+        self._items = collections.OrderedDict()  # id -> [last_used, system, messages]
+
+    def get(self, session_id):
+        """(system messages, earlier messages) of a session; empty if unknown or expired."""
+        now = time.monotonic()
+        with self._lock:
+            self._expire(now)
+            item = self._items.get(session_id)
+            if item is None:
+                return [], []
+            item[0] = now
+            self._items.move_to_end(session_id)
+            return list(item[1]), list(item[2])
+
+    def append(self, session_id, system, messages):
+        """Add a finished turn; `system` replaces the kept system messages when given."""
+        now = time.monotonic()
+        with self._lock:
+            item = self._items.get(session_id)
+            if item is None:
+                item = self._items[session_id] = [now, [], []]
+            item[0] = now
+            if system:
+                item[1] = list(system)
+            item[2].extend(messages)
+            self._trim(item)
+            self._items.move_to_end(session_id)
+            while len(self._items) > self.max_sessions:
+                self._items.popitem(last=False)
+
+    def _trim(self, item):
+        kept = item[2]
+        size = sum(_message_bytes(m) for m in item[1] + kept)
+        while kept and (len(kept) > self.max_messages or size > self.max_bytes):
+            size -= _message_bytes(kept.pop(0))
+            # Drop whole turns: never keep a reply or tool result without its question.
+            while kept and kept[0]["role"] != "user":
+                size -= _message_bytes(kept.pop(0))
+
+    def _expire(self, now):
+        while self._items:
+            session_id, item = next(iter(self._items.items()))
+            if now - item[0] <= self.ttl:
+                break
+            del self._items[session_id]
+
+    def __len__(self):
+        with self._lock:
+            self._expire(time.monotonic())
+            return len(self._items)
+
+
+def _message_bytes(message):
+    return (len(message["content"].encode("utf-8")) + sum(len(i) for i in message["images"])
+            + sum(len(c["arguments"]) + len(c["name"]) for c in message["tool_calls"]) + 16)
+
+
 # ----------------------------------------------------------------------------------------
 # Backends
 # ----------------------------------------------------------------------------------------
@@ -474,24 +557,61 @@ Final = collections.namedtuple(
 _END = object()
 
 
+class Workers:
+    """Reusable daemon threads: each job gets a thread at once, without a thread start
+    per request once the pool is warm (and each thread keeps its own HTTP session)."""
+
+    # Idle threads kept for the next burst; the rest exit after their job.
+    IDLE_MAX = 64
+
+    def __init__(self):
+        self._jobs = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+
+    def submit(self, job):
+        """Run job() on a worker thread."""
+        with self._lock:
+            spawn = self._idle == 0
+            if not spawn:
+                self._idle -= 1
+        self._jobs.put(job)
+        if spawn:
+            threading.Thread(target=self._work, daemon=True, name="bridge-worker").start()
+
+    def _work(self):
+        while True:
+            job = self._jobs.get()
+            try:
+                job()
+            except Exception as exc:  # a job's bug must not kill the pool
+                log(f"worker job failed: {exc!r}")
+            with self._lock:
+                if self._idle >= self.IDLE_MAX:
+                    return
+                self._idle += 1
+
+
+
 class Run:
     """One backend turn: events from a producer thread, cancel() to stop it early."""
 
-    timeout = 600.0
-    idle_timeout = 600.0
+    timeout = 600.0  # seconds for the whole turn ...
+    idle_timeout = 600.0  # ... and without any sign of life
+    timeout_setting = idle_setting = "the limit"  # named in timeout messages
 
-    def __init__(self):
-        self._events = queue.Queue()
+    def __init__(self, workers):
+        self._workers = workers
+        self._events = queue.SimpleQueue()
         self._cancelled = threading.Event()
         self._done = False  # the producer delivered "done": let it finish in peace
-        self._thread = None
+        self._finished = None  # set when the producer has returned
         self.usage = {}  # latest token counts known, for cancelled turns
 
     def start(self):
-        """Start the producer thread."""
-        self._thread = threading.Thread(target=self._pump, daemon=True,
-                                        name=f"{type(self).__name__}-producer")
-        self._thread.start()
+        """Start the producer on a worker thread."""
+        self._finished = threading.Event()
+        self._workers.submit(self._pump)
         return self
 
     def _pump(self):
@@ -508,6 +628,7 @@ class Run:
             self._events.put(("error", BackendFailed(f"backend failed: {exc}")))
         finally:
             self._events.put(_END)
+            self._finished.set()
 
     def produce(self):
         """Yield events; runs in the producer thread."""
@@ -526,13 +647,13 @@ class Run:
 
     def close(self):
         """Release everything the run holds; a run still going is cancelled first."""
-        if self._thread is not None and self._done:
+        if self._finished is not None and self._done:
             # After a good reply the backend gets a moment to exit on its own (the CLI
             # writes its session file as it ends).
-            self._thread.join(timeout=_KILL_GRACE_SECONDS + 1)
+            self._finished.wait(timeout=_KILL_GRACE_SECONDS + 1)
         self.cancel()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        if self._finished is not None:
+            self._finished.wait(timeout=10)
 
 
 # argv strings are limited to 128 KiB each by the kernel (MAX_ARG_STRLEN).
@@ -571,9 +692,10 @@ class ClaudeBackend:
     provider = "claude"
     aliases = ("sonnet", "opus", "haiku")
 
-    def __init__(self, settings, store):
+    def __init__(self, settings, store, workers):
         self.settings = settings
         self.store = store
+        self.workers = workers
         self.workdir = os.path.abspath(settings.claude_workdir or os.getcwd())
         self.slots = threading.BoundedSemaphore(settings.claude_max_concurrency)
         self.session_locks = KeyedLocks()
@@ -722,12 +844,13 @@ class ClaudeRun(Run):
     """One request through the CLI, with the session's resume / heal logic."""
 
     def __init__(self, backend, chat):
-        super().__init__()
+        super().__init__(backend.workers)
         self.backend = backend
         self.chat = chat
         settings = backend.settings
         self.timeout = settings.claude_timeout
         self.idle_timeout = settings.claude_idle_timeout
+        self.timeout_setting, self.idle_setting = "CLAUDE_TIMEOUT", "CLAUDE_IDLE_TIMEOUT"
         self.proc = None
         self.proc_lock = threading.Lock()
         self.session_held = False
@@ -994,6 +1117,330 @@ class _ClaudeEvents:
         return f"Claude Code CLI: {message}"
 
 
+_DATA_URL = re.compile(r"^data:image/[A-Za-z0-9.+-]+;base64,([A-Za-z0-9+/=\s]*)$", re.S)
+
+
+def _ollama_image(url, param):
+    match = _DATA_URL.match(url)
+    if match:
+        return re.sub(r"\s+", "", match.group(1))
+    if url.startswith(("http://", "https://")):
+        raise InvalidRequest("Ollama takes images inline only: send them as "
+                             "'data:image/png;base64,...' URLs, not http(s) links.",
+                             param=param, code="image_url_not_supported")
+    raise InvalidRequest("An image URL must be a 'data:image/...;base64,...' URL.",
+                         param=param)
+
+
+def _ollama_format(response_format):
+    if not isinstance(response_format, dict):
+        raise InvalidRequest("'response_format' must be an object.", param="response_format")
+    kind = response_format.get("type")
+    if kind in (None, "text"):
+        return None
+    if kind == "json_object":
+        return "json"
+    if kind == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        if not isinstance(schema, dict):
+            raise InvalidRequest("'response_format.json_schema.schema' must be an object.",
+                                 param="response_format.json_schema.schema")
+        return schema
+    raise InvalidRequest(f"response_format type {kind!r} is not supported; use text, "
+                         "json_object or json_schema.", param="response_format.type")
+
+
+def ollama_request(chat, messages):
+    """The native /api/chat body for a chat request and its full message list."""
+    out = []
+    names = {}  # tool_call_id -> function name, for role "tool" results
+    for i, m in enumerate(messages):
+        role = "system" if m["role"] in ("system", "developer") else m["role"]
+        item = {"role": role, "content": m["content"]}
+        if m["images"]:
+            item["images"] = [_ollama_image(u, f"messages[{i}].content") for u in m["images"]]
+        if m["tool_calls"]:
+            calls = []
+            for j, call in enumerate(m["tool_calls"]):
+                try:
+                    args = json.loads(call["arguments"] or "{}")
+                except ValueError:
+                    args = None
+                if not isinstance(args, dict):
+                    raise InvalidRequest("Tool call arguments must be a JSON object string.",
+                                         param=f"messages[{i}].tool_calls[{j}].function."
+                                               "arguments")
+                names[call["id"]] = call["name"]
+                calls.append({"function": {"name": call["name"], "arguments": args}})
+            item["tool_calls"] = calls
+        if role == "tool" and m["tool_call_id"] in names:
+            item["tool_name"] = names[m["tool_call_id"]]
+        out.append(item)
+    params = chat.params
+    options = {}
+    limit = params.get("max_completion_tokens", params.get("max_tokens"))
+    if limit is not None:
+        options["num_predict"] = limit
+    for name in ("temperature", "top_p", "seed", "stop"):
+        if name in params:
+            options[name] = params[name]
+    body = {"model": chat.model[len("ollama/"):], "messages": out,
+            "stream": chat.stream}  # Ollama streams when "stream" is absent
+    if options:
+        body["options"] = options
+    if "tools" in params:
+        _expect(params["tools"], (list,), "tools", "an array")
+        body["tools"] = params["tools"]
+    if "response_format" in params:
+        fmt = _ollama_format(params["response_format"])
+        if fmt is not None:
+            body["format"] = fmt
+    return body
+
+
+def _openai_tool_calls(calls):
+    out = []
+    for call in calls or []:
+        fn = call.get("function") or {}
+        args = fn.get("arguments")
+        out.append({"id": "call_" + secrets.token_hex(12), "type": "function",
+                    "function": {"name": str(fn.get("name", "")),
+                                 "arguments": args if isinstance(args, str)
+                                 else _dumps(args if args is not None else {})}})
+    return out
+
+
+def _response_socket(response):
+    """The socket under a streamed `requests` response, to cut it from another thread."""
+    connection = getattr(response.raw, "_connection", None)
+    return getattr(connection, "sock", None)
+
+
+def _epoch(stamp):
+    """RFC 3339 (Ollama's modified_at, nanoseconds and all) -> Unix seconds; 0 if odd."""
+    import datetime
+    try:
+        text = re.sub(r"(\.\d{6})\d+", r"\1", str(stamp)).replace("Z", "+00:00")
+        return int(datetime.datetime.fromisoformat(text).timestamp())
+    except ValueError:
+        return 0
+
+
+class OllamaBackend:
+    """Models named `ollama/<name>`, through Ollama's native /api/chat."""
+
+    provider = "ollama"
+
+    def __init__(self, settings, workers):
+        self.settings = settings
+        self.workers = workers
+        self.url = settings.ollama_url
+        self.timeout = (settings.ollama_connect_timeout, settings.ollama_timeout)
+        self.histories = ChatHistories(settings.ollama_sessions, settings.ollama_session_ttl,
+                                       settings.ollama_session_max_messages,
+                                       settings.ollama_session_max_kb * 1024)
+        self._local = threading.local()
+        self._tags = (0.0, [])
+
+    def http(self):
+        """This thread's requests session (connection reuse without sharing a pool)."""
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+            session.trust_env = False  # a proxy from the environment must not catch localhost
+        return session
+
+    def unreachable(self, exc):
+        """The 502 for an Ollama that does not answer."""
+        return BackendFailed(f"Ollama is not reachable at {self.url} (OLLAMA_URL): {exc}. "
+                             "Start it with `ollama serve` or fix OLLAMA_URL.",
+                             code="backend_unreachable")
+
+    def _get(self, path):
+        return self.http().get(self.url + path, timeout=(self.settings.ollama_connect_timeout,
+                                                        5))
+
+    def models(self):
+        """Ollama's installed models as OpenAI model objects; cached a few seconds."""
+        stamp, cached = self._tags
+        if time.monotonic() - stamp < 5:
+            return cached
+        try:
+            resp = self._get("/api/tags")
+            resp.raise_for_status()
+            models = resp.json().get("models") or []
+            cached = [{"id": "ollama/" + str(m.get("name") or m.get("model")),
+                       "object": "model", "created": _epoch(m.get("modified_at")),
+                       "owned_by": "ollama"} for m in models if isinstance(m, dict)]
+        except (requests.RequestException, ValueError, AttributeError):
+            cached = []
+        self._tags = (time.monotonic(), cached)
+        return cached
+
+    def health(self):
+        """Reachability and version of Ollama."""
+        state = {"ok": False, "url": self.url, "version": None, "error": None}
+        try:
+            resp = self._get("/api/version")
+            resp.raise_for_status()
+            state.update(ok=True, version=resp.json().get("version"))
+        except (requests.RequestException, ValueError, AttributeError) as exc:
+            state["error"] = f"not reachable: {exc}"
+        return state
+
+    def open(self, chat):
+        """Translate and start a turn (a 400 here comes before anything is sent)."""
+        return OllamaRun(self, chat)
+
+
+class OllamaRun(Run):
+    """One /api/chat call; cancel() cuts the socket so Ollama stops generating."""
+
+    def __init__(self, backend, chat):
+        super().__init__(backend.workers)
+        self.backend = backend
+        self.chat = chat
+        self.timeout = float("inf")  # Ollama's own pace; OLLAMA_TIMEOUT bounds silence
+        self.idle_timeout = backend.settings.ollama_timeout
+        self.idle_setting = "OLLAMA_TIMEOUT"
+        self.cost_usd = 0.0
+        self.response = None
+        self.session_held = False
+        histories = backend.histories
+        system, earlier = [], []
+        if chat.session_id is not None:
+            if not histories.locks.acquire(chat.session_id, backend.settings.ollama_timeout):
+                raise RateLimited(f"Another request of session {chat.session_id!r} is still "
+                                  "running; send turns of one session one at a time.",
+                                  headers={"Retry-After": "5"})
+            self.session_held = True
+            system, earlier = histories.get(chat.session_id)
+        try:
+            own_system = [m for m in chat.messages if m["role"] in ("system", "developer")]
+            self.new_messages = [m for m in chat.messages
+                                 if m["role"] not in ("system", "developer")]
+            self.system = own_system
+            self.body = ollama_request(chat, (own_system or system) + earlier
+                                       + self.new_messages)
+        except BaseException:
+            self._release()
+            raise
+
+    def _release(self):
+        if self.session_held:
+            self.session_held = False
+            self.backend.histories.locks.release(self.chat.session_id)
+
+    def cancel(self):
+        super().cancel()
+        response = self.response
+        if response is not None:
+            sock = _response_socket(response)
+            try:
+                if sock is not None:
+                    sock.shutdown(socket.SHUT_RDWR)  # wakes the reader at once
+                else:
+                    response.close()
+            except OSError:
+                pass
+
+    def close(self):
+        super().close()
+        self._release()
+
+    def produce(self):
+        backend = self.backend
+        try:
+            response = backend.http().post(backend.url + "/api/chat",
+                                           data=_dumps(self.body).encode("utf-8"),
+                                           headers={"Content-Type": "application/json"},
+                                           stream=True, timeout=backend.timeout)
+        except requests.Timeout as exc:
+            if isinstance(exc, requests.ConnectTimeout):
+                raise backend.unreachable(exc) from None
+            raise BackendTimeout(f"Ollama sent nothing for {backend.timeout[1]:g} s "
+                                 "(OLLAMA_TIMEOUT)") from None
+        except requests.RequestException as exc:
+            raise backend.unreachable(exc) from None
+        self.response = response
+        if self._cancelled.is_set():
+            self.cancel()
+        try:
+            if response.status_code != 200:
+                raise self._status_error(response)
+            yield ("progress",)
+            if self.chat.stream:
+                lines = response.iter_lines()
+            else:
+                lines = [response.content]
+            yield from self._read(lines)
+        except requests.Timeout:
+            raise BackendTimeout(f"Ollama sent nothing for {backend.timeout[1]:g} s "
+                                 "(OLLAMA_TIMEOUT)") from None
+        except (requests.RequestException, OSError) as exc:
+            if self._cancelled.is_set():
+                return
+            raise BackendFailed(f"Ollama's reply broke off: {exc}") from None
+        finally:
+            self.response = None
+            response.close()
+
+    def _status_error(self, response):
+        try:
+            text = str(response.json().get("error") or response.text)
+        except (ValueError, AttributeError):
+            text = response.text[:500] or response.reason
+        status = response.status_code
+        if status == 404:
+            return NotFound(f"Ollama: {text} (pull it with `ollama pull "
+                            f"{self.body['model']}`).", param="model", code="model_not_found")
+        if status == 503:
+            return BackendUnavailable(f"Ollama is busy: {text}", code="backend_busy",
+                                      headers={"Retry-After": "5"})
+        return BackendFailed(f"Ollama answered {status}: {text}")
+
+    def _read(self, lines):
+        texts, calls = [], []
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                raise BackendFailed(f"Ollama sent something that is not JSON: "
+                                    f"{line[:200]!r}") from None
+            if not isinstance(obj, dict):
+                continue
+            if obj.get("error"):
+                raise BackendFailed(f"Ollama: {obj['error']}")
+            message = obj.get("message") or {}
+            if message.get("content"):
+                texts.append(message["content"])
+                yield ("text", message["content"])
+            if message.get("tool_calls"):
+                new = _openai_tool_calls(message["tool_calls"])
+                calls.extend(new)
+                yield ("tool_calls", new)
+            self.usage = {"prompt_tokens": int(obj.get("prompt_eval_count") or 0),
+                          "completion_tokens": int(obj.get("eval_count") or 0),
+                          "cached_tokens": 0}
+            if obj.get("done"):
+                reason = "tool_calls" if calls else (
+                    "length" if obj.get("done_reason") == "length" else "stop")
+                if self.chat.session_id is not None:
+                    reply = {"role": "assistant", "content": "".join(texts), "images": [],
+                             "tool_calls": [{"id": c["id"], "name": c["function"]["name"],
+                                             "arguments": c["function"]["arguments"]}
+                                            for c in calls],
+                             "tool_call_id": None}
+                    self.backend.histories.append(self.chat.session_id, self.system,
+                                                  self.new_messages + [reply])
+                yield ("done", Final(reason, self.usage["prompt_tokens"],
+                                     self.usage["completion_tokens"], 0, 0.0))
+                return
+        raise BackendFailed("Ollama ended its reply without finishing it (no done).")
+
+
 # ----------------------------------------------------------------------------------------
 # OpenAI translation
 # ----------------------------------------------------------------------------------------
@@ -1228,11 +1675,15 @@ def _usage_object(final):
             "prompt_tokens_details": {"cached_tokens": final.cached_tokens}}
 
 
-def completion_body(chat, text, final):
+def completion_body(chat, text, final, tool_calls=()):
     """The non-streamed reply."""
+    message = {"role": "assistant", "content": text}
+    if tool_calls:
+        message["tool_calls"] = list(tool_calls)
+        message["content"] = text or None
     return {"id": chat.request_id, "object": "chat.completion", "created": chat.created,
             "model": chat.model, "system_fingerprint": None,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+            "choices": [{"index": 0, "message": message,
                          "logprobs": None, "finish_reason": final.finish_reason}],
             "usage": _usage_object(final)}
 
@@ -1324,14 +1775,19 @@ class Bridge:
     def __init__(self, settings):
         self.settings = settings
         self.store = UsageStore(settings.usage_db_path)
-        self.claude = ClaudeBackend(settings, self.store)
+        self.workers = Workers()
+        self.claude = ClaudeBackend(settings, self.store, self.workers)
+        self.ollama = OllamaBackend(settings, self.workers)
         self.started = int(time.time())
         self.max_body = settings.max_body_mb * 1024 * 1024
 
     def backend_for(self, model):
         """The backend serving a model name, or InvalidRequest."""
         if model.startswith("ollama/"):
-            raise BackendUnavailable("Ollama models are not supported yet.", param="model")
+            if len(model) == len("ollama/"):
+                raise InvalidRequest("Name the Ollama model: 'ollama/<name>', e.g. "
+                                     "'ollama/llama3.2'.", param="model")
+            return self.ollama
         if model != "claude-code" and not _MODEL_NAME.match(model):
             raise InvalidRequest(
                 f"Model name {model[:80]!r} is not valid: use letters, digits and . _ - : [ ]"
@@ -1360,10 +1816,10 @@ def _events_with_housekeeping(run, environ, heartbeat):
                 raise ClientGone()
             if now - started > run.timeout:
                 raise BackendTimeout(f"the request took longer than {run.timeout:g} s "
-                                     "(CLAUDE_TIMEOUT)")
+                                     f"({run.timeout_setting})")
             if now - last_event > run.idle_timeout:
                 raise BackendTimeout(f"the backend sent nothing for {run.idle_timeout:g} s "
-                                     "(CLAUDE_IDLE_TIMEOUT)")
+                                     f"({run.idle_setting})")
             if now - last_beat >= heartbeat:
                 last_beat = now
                 yield ("tick",)
@@ -1417,16 +1873,19 @@ def make_app(settings):
 
     @app.get("/health")
     def health():
-        claude = bridge.claude.health()
+        backends = {"claude": bridge.claude.health(), "ollama": bridge.ollama.health()}
         database = bridge.store.health()
-        status = "ok" if claude["ok"] and database["ok"] else "degraded"
+        # Either backend may be unused on a machine: "ok" needs one of them and the db.
+        usable = any(b["ok"] for b in backends.values())
+        status = "ok" if usable and database["ok"] else "degraded"
         return _json_response({"status": status, "version": __version__,
-                               "backends": {"claude": claude}, "database": database})
+                               "backends": backends, "database": database})
 
     @app.get("/v1/models")
     def models():
         data = [{"id": name, "object": "model", "created": bridge.started,
                  "owned_by": "anthropic"} for name in bridge.claude.model_names()]
+        data.extend(bridge.ollama.models())
         return _json_response({"object": "list", "data": data})
 
     @app.get("/v1/usage")
@@ -1475,17 +1934,20 @@ def make_app(settings):
                 run.close()
 
     def _complete(chat, events, record):
-        parts = []
+        parts, calls = [], []
         for event in events:
             kind = event[0]
             if kind == "text":
                 record.first()
                 parts.append(event[1])
+            elif kind == "tool_calls":
+                record.first()
+                calls.extend(event[1])
             elif kind == "retract":
                 _retract(parts, event[1])
             elif kind == "done":
                 final = event[1]
-        body = completion_body(chat, "".join(parts), final)
+        body = completion_body(chat, "".join(parts), final, calls)
         record.write("ok", 200, final=final)
         return _json_response(body)
 
@@ -1501,6 +1963,7 @@ def make_app(settings):
             # the client gets the voided text followed by the whole retried answer.
             void_left = ""  # voided text the retry has not repeated yet
             held = ""  # retry text held back because it repeats voided text
+            tool_index = 0
             try:
                 yield writer.chunk({"role": "assistant", "content": ""})
                 stream = iter(events)
@@ -1522,6 +1985,12 @@ def make_app(settings):
                         if text:
                             record.first()
                             yield writer.chunk({"content": text})
+                    elif kind == "tool_calls":
+                        record.first()
+                        for call in event[1]:
+                            yield writer.chunk({"tool_calls": [
+                                {"index": tool_index, **call}]})
+                            tool_index += 1
                     elif kind == "retract":
                         void_left, held = void_left + event[1], ""
                     elif kind == "done":

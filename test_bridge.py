@@ -887,3 +887,321 @@ def test_real_cli_end_to_end(start, real_cli, tmp_path, monkeypatch):
         assert "Invalid API key" in err["message"]
     finally:
         api.stop()
+
+
+# ----------------------------------------------------------------------------------------
+# Ollama: native /api/chat behind the same OpenAI contract
+# ----------------------------------------------------------------------------------------
+
+TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Weather for a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                   "required": ["city"]}}}]
+
+
+@pytest.fixture
+def ollama_fake():
+    from testkit import fake_ollama
+    server = fake_ollama.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def obr(start, ollama_fake):
+    running = start(OLLAMA_URL=ollama_fake.url)
+    running.ollama = ollama_fake
+    return running
+
+
+def ask(text, model="ollama/llama3.2", **extra):
+    return {"model": model, "messages": [{"role": "user", "content": text}], **extra}
+
+
+def closed_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ollama_json_reply_and_usage(obr):
+    reply = obr.client().chat.completions.create(
+        model="ollama/llama3.2", messages=[{"role": "user", "content": "hello there"}])
+    assert reply.choices[0].message.content == \
+        "ECHO model=llama3.2 msgs=1 images=0 last=hello there"
+    assert reply.choices[0].finish_reason == "stop" and reply.model == "ollama/llama3.2"
+    assert reply.usage.prompt_tokens == 10 and reply.usage.completion_tokens == 6
+    assert reply.usage.total_tokens == 16
+    body = obr.ollama.last_chat()
+    assert body["stream"] is False and body["model"] == "llama3.2"
+    row = obr.rows()[-1]
+    assert (row["provider"], row["model"], row["outcome"], row["total_tokens"]) == (
+        "ollama", "ollama/llama3.2", "ok", 16)
+
+
+def test_ollama_stream_chunks_and_usage(obr):
+    chunks = list(obr.client().chat.completions.create(
+        model="ollama/llama3.2", stream=True, stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": "hi"}]))
+    assert obr.ollama.last_chat()["stream"] is True
+    texts = [c.choices[0].delta.content for c in chunks if c.choices
+             and c.choices[0].delta.content]
+    assert texts == ["ECHO ", "model=llama3.2 ", "msgs=1 ", "images=0 ", "last=hi"]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 5
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+
+
+def test_ollama_stream_is_not_buffered(obr):
+    resp = obr.post({**ask("[ollama:slow:3:400]"), "stream": True}, stream=True)
+    t0 = time.monotonic()
+    seen = []
+    for line in resp.iter_lines():
+        if b"tick" in line:
+            seen.append(time.monotonic() - t0)
+    assert len(seen) == 3
+    assert seen[0] < seen[2] - 0.5  # the first tick came long before the last
+
+
+def test_ollama_request_translation(obr):
+    obr.client().chat.completions.create(
+        model="ollama/llama3.2", max_tokens=50, temperature=0.2, top_p=0.9, seed=7,
+        stop="END", response_format={"type": "json_object"},
+        messages=[{"role": "system", "content": "be brief"},
+                  {"role": "developer", "content": "use JSON"},
+                  {"role": "user", "content": "hi"}])
+    body = obr.ollama.last_chat()
+    assert body["options"] == {"num_predict": 50, "temperature": 0.2, "top_p": 0.9,
+                               "seed": 7, "stop": ["END"]}
+    assert body["format"] == "json"
+    assert [m["role"] for m in body["messages"]] == ["system", "system", "user"]
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    obr.client().chat.completions.create(
+        model="ollama/llama3.2", max_completion_tokens=9,
+        response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
+        messages=[{"role": "user", "content": "hi"}])
+    body = obr.ollama.last_chat()
+    assert body["format"] == schema and body["options"] == {"num_predict": 9}
+
+
+def test_ollama_length_finish_reason(obr):
+    reply = obr.client().chat.completions.create(
+        model="ollama/llama3.2", max_tokens=2, messages=[{"role": "user", "content": "hi"}])
+    assert reply.choices[0].finish_reason == "length"
+    assert reply.choices[0].message.content == "ECHO model=llama3.2 "
+
+
+def test_ollama_images_become_raw_base64(obr):
+    png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+    reply = obr.client().chat.completions.create(model="ollama/llama3.2", messages=[
+        {"role": "user", "content": [
+            {"type": "text", "text": "what is this"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64," + png}}]}])
+    assert "images=1" in reply.choices[0].message.content
+    msg = obr.ollama.last_chat()["messages"][0]
+    assert msg == {"role": "user", "content": "what is this", "images": [png]}
+
+
+def test_ollama_http_image_urls_are_400(obr):
+    err = assert_error(obr.post({"model": "ollama/llama3.2", "messages": [{
+        "role": "user", "content": [{"type": "image_url",
+                                     "image_url": {"url": "https://example.com/a.png"}}]}]}),
+        400, "image_url_not_supported")
+    assert "data:image" in err["message"]
+    assert obr.ollama.chat_bodies() == []
+
+
+def test_ollama_tool_calls_json(obr):
+    reply = obr.client().chat.completions.create(
+        model="ollama/llama3.2", tools=TOOLS,
+        messages=[{"role": "user", "content": '[tool:get_weather:{"city": "Paris"}]'}])
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    (call,) = choice.message.tool_calls
+    assert call.id.startswith("call_") and call.type == "function"
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Paris"}
+    assert obr.ollama.last_chat()["tools"] == TOOLS
+
+
+def test_ollama_tool_calls_stream(obr):
+    with obr.client().chat.completions.stream(
+            model="ollama/llama3.2", tools=TOOLS,
+            messages=[{"role": "user", "content": '[tool:get_weather:{"city": "Oslo"}]'}]) as s:
+        final = s.get_final_completion()
+    (call,) = final.choices[0].message.tool_calls
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Oslo"}
+    assert final.choices[0].finish_reason == "tool_calls"
+    resp = obr.post({**ask('[tool:get_weather:{"city": "Rome"}]'), "tools": TOOLS,
+                     "stream": True}, stream=True)
+    data, _ = sse_events(resp)
+    deltas = [json.loads(d)["choices"][0]["delta"] for d in data[:-1]
+              if json.loads(d)["choices"]]
+    (tool_delta,) = [d for d in deltas if "tool_calls" in d]
+    assert tool_delta["tool_calls"][0]["index"] == 0
+
+
+def test_ollama_tool_history_maps_back(obr):
+    obr.client().chat.completions.create(model="ollama/llama3.2", tools=TOOLS, messages=[
+        {"role": "user", "content": "weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}])
+    assistant, tool = obr.ollama.last_chat()["messages"][1:]
+    assert assistant["tool_calls"] == [{"function": {"name": "get_weather",
+                                                     "arguments": {"city": "Paris"}}}]
+    assert tool == {"role": "tool", "content": "sunny", "tool_name": "get_weather"}
+
+
+def test_ollama_bad_tool_arguments_are_400(obr):
+    err = assert_error(obr.post({"model": "ollama/llama3.2", "messages": [
+        {"role": "user", "content": "x"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": "f", "arguments": "[1"}}]}]}),
+        400)
+    assert err["param"] == "messages[1].tool_calls[0].function.arguments"
+
+
+def test_ollama_unknown_model_is_404(obr):
+    with pytest.raises(openai.NotFoundError) as info:
+        obr.client().chat.completions.create(
+            model="ollama/nope", messages=[{"role": "user", "content": "hi"}])
+    assert info.value.body["code"] == "model_not_found"
+    assert "ollama pull nope" in info.value.body["message"]
+
+
+def test_ollama_unreachable_is_502_naming_the_setting(start):
+    br = start(OLLAMA_URL=f"http://127.0.0.1:{closed_port()}", OLLAMA_CONNECT_TIMEOUT="2")
+    t0 = time.monotonic()
+    for stream in (False, True):
+        err = assert_error(br.post({**ask("hi"), "stream": stream}), 502)
+        assert "OLLAMA_URL" in err["message"]
+    assert time.monotonic() - t0 < 4
+    assert br.rows()[-1]["outcome"] == "error"
+
+
+@pytest.mark.parametrize("marker,status,words", [
+    ("busy", 503, "server busy"), ("error-500", 502, "llama runner process"),
+    ("badreq", 502, "invalid options")])
+def test_ollama_status_errors(obr, marker, status, words):
+    for stream in (False, True):
+        err = assert_error(obr.post({**ask(f"[ollama:{marker}]"), "stream": stream}), status)
+        assert words in err["message"]
+
+
+@pytest.mark.parametrize("marker,words", [("midstream-error", "unexpected EOF"),
+                                          ("no-done", "without finishing")])
+def test_ollama_broken_streams_end_with_an_error_event(obr, marker, words):
+    with pytest.raises(openai.APIError, match=words):
+        for _ in obr.client().chat.completions.create(
+                model="ollama/llama3.2", stream=True,
+                messages=[{"role": "user", "content": f"[ollama:{marker}]"}]):
+            pass
+    row = obr.rows()[-1]
+    assert (row["outcome"], row["provider"]) == ("error", "ollama")
+
+
+def test_ollama_disconnect_stops_generation(obr):
+    resp = obr.post({**ask("[ollama:slow:100:100]"), "stream": True}, stream=True)
+    for line in resp.iter_lines():
+        if b"tick1" in line:
+            break
+    resp.close()
+    assert wait_until(lambda: obr.ollama.closed_streams == 1, timeout=5)
+    assert wait_until(lambda: obr.ollama.active_streams == 0, timeout=5)
+    assert wait_until(lambda: obr.rows() and obr.rows()[-1]["outcome"] == "cancelled")
+
+
+def test_ollama_timeout_is_504(start, ollama_fake):
+    br = start(OLLAMA_URL=ollama_fake.url, OLLAMA_TIMEOUT="1")
+    err = assert_error(br.post(ask("[ollama:hang]")), 504)
+    assert "OLLAMA_TIMEOUT" in err["message"]
+
+
+def test_models_include_ollamas_and_survive_ollama_down(obr, start):
+    models = {m.id: m for m in obr.client().models.list()}
+    assert models["ollama/llama3.2:latest"].owned_by == "ollama"
+    assert models["ollama/llama3.2:latest"].created > 1_600_000_000
+    assert "claude-code" in models
+    down = start(OLLAMA_URL=f"http://127.0.0.1:{closed_port()}")
+    ids = [m.id for m in down.client().models.list()]
+    assert "claude-code" in ids and not any(i.startswith("ollama/") for i in ids)
+
+
+def test_health_reports_ollama(obr, start):
+    body = requests.get(obr.url + "/health", timeout=10).json()
+    assert body["backends"]["ollama"] == {"ok": True, "url": obr.ollama.url,
+                                          "version": "0.5.1", "error": None}
+    down = start(OLLAMA_URL=f"http://127.0.0.1:{closed_port()}")
+    body = requests.get(down.url + "/health", timeout=10).json()
+    assert body["backends"]["ollama"]["ok"] is False and body["status"] == "ok"
+
+
+def test_ollama_session_keeps_history(obr):
+    client = obr.client()
+    h = {"X-Session-ID": "o-1"}
+    client.chat.completions.create(model="ollama/llama3.2", extra_headers=h, messages=[
+        {"role": "system", "content": "be kind"}, {"role": "user", "content": "one"}])
+    assert obr.post(ask("[ollama:error-500]"), headers=h).status_code == 502
+    reply = client.chat.completions.create(
+        model="ollama/llama3.2", extra_headers=h, messages=[{"role": "user", "content": "two"}])
+    assert "msgs=4" in reply.choices[0].message.content
+    sent = obr.ollama.last_chat()["messages"]
+    assert [(m["role"], m["content"]) for m in sent] == [
+        ("system", "be kind"), ("user", "one"),
+        ("assistant", "ECHO model=llama3.2 msgs=2 images=0 last=one"), ("user", "two")]
+
+
+def test_ollama_session_keeps_tool_calls(obr):
+    h = {"X-Session-ID": "tools"}
+    client = obr.client()
+    first = client.chat.completions.create(
+        model="ollama/llama3.2", tools=TOOLS, extra_headers=h,
+        messages=[{"role": "user", "content": '[tool:get_weather:{"city": "Oslo"}]'}])
+    call = first.choices[0].message.tool_calls[0]
+    client.chat.completions.create(model="ollama/llama3.2", tools=TOOLS, extra_headers=h,
+                                   messages=[{"role": "tool", "tool_call_id": call.id,
+                                              "content": "rainy"}])
+    sent = obr.ollama.last_chat()["messages"]
+    assert sent[1]["tool_calls"][0]["function"] == {"name": "get_weather",
+                                                    "arguments": {"city": "Oslo"}}
+    assert sent[2] == {"role": "tool", "content": "rainy", "tool_name": "get_weather"}
+
+
+def test_ollama_session_bounds(start, ollama_fake):
+    br = start(OLLAMA_URL=ollama_fake.url, OLLAMA_SESSION_MAX_MESSAGES="4",
+               OLLAMA_SESSIONS="2")
+    client = br.client()
+    h = {"X-Session-ID": "bounded"}
+    client.chat.completions.create(model="ollama/llama3.2", extra_headers=h, messages=[
+        {"role": "system", "content": "sys"}, {"role": "user", "content": "t1"}])
+    for text in ("t2", "t3", "t4"):
+        client.chat.completions.create(model="ollama/llama3.2", extra_headers=h,
+                                       messages=[{"role": "user", "content": text}])
+    sent = ollama_fake.last_chat()["messages"]
+    # System kept; only the last 4 stored messages (2 turns) plus the new one.
+    assert [m["content"] for m in sent if m["role"] != "assistant"] == ["sys", "t2", "t3", "t4"]
+    assert [m["role"] for m in sent] == ["system", "user", "assistant", "user", "assistant",
+                                         "user"]
+    histories = br.app.bridge.ollama.histories
+    for other in ("b", "c"):
+        client.chat.completions.create(model="ollama/llama3.2",
+                                       extra_headers={"X-Session-ID": other},
+                                       messages=[{"role": "user", "content": other}])
+    assert len(histories) == 2 and histories.get("bounded") == ([], [])
+
+
+def test_ollama_session_byte_cap_and_expiry(start, ollama_fake):
+    br = start(OLLAMA_URL=ollama_fake.url, OLLAMA_SESSION_MAX_KB="1",
+               OLLAMA_SESSION_TTL="0.5")
+    client = br.client()
+    h = {"X-Session-ID": "small"}
+    client.chat.completions.create(model="ollama/llama3.2", extra_headers=h,
+                                   messages=[{"role": "user", "content": "a" * 300}])
+    client.chat.completions.create(model="ollama/llama3.2", extra_headers=h,
+                                   messages=[{"role": "user", "content": "b" * 300}])
+    system, kept = br.app.bridge.ollama.histories.get("small")
+    assert [m["content"][0] for m in kept if m["role"] == "user"] == ["b"]
+    time.sleep(0.7)
+    assert br.app.bridge.ollama.histories.get("small") == ([], [])

@@ -1,7 +1,7 @@
 """Checks that testkit.fake_ollama speaks Ollama's native API as the official
 `ollama` Python client (and plain `requests`) expect.
 
-Run: python -m pytest -q testkit/check_fake_ollama.py
+Collected by `python -m pytest` with the rest of the suite.
 """
 
 import base64
@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-ollama = pytest.importorskip("ollama")
-requests = pytest.importorskip("requests")
+import ollama  # noqa: E402
+import requests  # noqa: E402
 from ollama._types import ChatResponse, ListResponse, Message  # noqa: E402
 
 from testkit import fake_ollama  # noqa: E402
