@@ -8,6 +8,7 @@ cost and outcome kept in SQLite. Run it with `python bridge.py`; `--help` lists 
 
 import argparse
 import collections
+import datetime
 import hmac
 import json
 import os
@@ -304,17 +305,82 @@ def _migrate_claude_sessions(db):
         " total_cost_usd REAL NOT NULL DEFAULT 0, updated_at TEXT NOT NULL)")
 
 
+_SUMS = ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens",
+         "cached_tokens", "cost_usd", "duration_ms_sum", "duration_count")
+# The same sums over raw rows, in _SUMS order.
+_RAW_SUMS = ("COUNT(*), TOTAL(outcome != 'ok'), TOTAL(prompt_tokens), TOTAL(completion_tokens),"
+             " TOTAL(total_tokens), TOTAL(cached_tokens), TOTAL(cost_usd), TOTAL(duration_ms),"
+             " COUNT(duration_ms)")
+_ROLLUP_SUMS = ("TOTAL(requests), TOTAL(errors), TOTAL(prompt_tokens), TOTAL(completion_tokens),"
+                " TOTAL(total_tokens), TOTAL(cached_tokens), TOTAL(cost_usd),"
+                " TOTAL(duration_ms_sum), TOTAL(duration_count)")
+
+
+def _migrate_hourly_rollup(db):
+    """v3: per-hour sums kept on insert, so totals over a long history stay fast."""
+    db.execute(
+        "CREATE TABLE usage_hourly ("
+        " hour TEXT NOT NULL, model TEXT NOT NULL, provider TEXT NOT NULL,"
+        " requests INTEGER NOT NULL, errors INTEGER NOT NULL,"
+        " prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,"
+        " total_tokens INTEGER NOT NULL, cached_tokens INTEGER NOT NULL,"
+        " cost_usd REAL NOT NULL, duration_ms_sum INTEGER NOT NULL,"
+        " duration_count INTEGER NOT NULL, PRIMARY KEY (hour, model, provider))"
+        " WITHOUT ROWID")
+    db.execute(
+        "INSERT INTO usage_hourly SELECT substr(ts, 1, 13), COALESCE(model, ''),"
+        f" COALESCE(provider, ''), {_RAW_SUMS} FROM requests WHERE ts IS NOT NULL"
+        " GROUP BY 1, 2, 3")
+
+
 # Ordered: PRAGMA user_version is the number of migrations applied.
-MIGRATIONS = (_migrate_requests, _migrate_claude_sessions)
+MIGRATIONS = (_migrate_requests, _migrate_claude_sessions, _migrate_hourly_rollup)
+
+_TS_FORMAT = "%Y-%m-%d %H:%M:%S"  # the `ts` column: UTC, as SQLite's CURRENT_TIMESTAMP
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _ts_text(epoch):
+    return time.strftime(_TS_FORMAT, time.gmtime(epoch)) + f".{int(epoch % 1 * 1000):03d}"
 
 
 def _utc_now_text():
-    now = time.time()
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}"
+    return _ts_text(time.time())
+
+
+def _iso(ts):
+    """A `ts` value as ISO 8601 UTC."""
+    return ts.replace(" ", "T", 1) + "Z" if ts else ts
+
+
+def parse_time(value, name, now=None):
+    """`24h`, `7d`, `30m` (ago) or ISO 8601 -> a `ts` string; InvalidRequest if neither."""
+    now = time.time() if now is None else now
+    value = value.strip()
+    match = _RELATIVE.match(value)
+    if match:
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        return _ts_text(max(0.0, now - min(seconds, now)))
+    try:
+        moment = datetime.datetime.fromisoformat(value)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=datetime.timezone.utc)
+        return _ts_text(max(0.0, moment.timestamp()))
+    except (ValueError, OverflowError, OSError):
+        raise InvalidRequest(f"'{name}' must be ISO 8601 (2026-11-25T10:00:00Z) or relative "
+                             "like 30m, 24h, 7d.", param=name) from None
+
+
+def _next_hour(ts):
+    """The hour after the one `ts` falls in, as 'YYYY-MM-DD HH'."""
+    moment = datetime.datetime.strptime(ts[:13], "%Y-%m-%d %H") + datetime.timedelta(hours=1)
+    return moment.strftime("%Y-%m-%d %H")
 
 
 class UsageStore:
-    """SQLite: the request log and the Claude session map, behind one writer lock.
+    """SQLite: the request log, its hourly rollup and the Claude session map, behind one
+    lock (one connection: SQLite has one writer anyway, and each use is short).
 
     A database that cannot be opened or written never stops requests: the error is logged
     and reported by /health, and the bridge keeps serving.
@@ -332,8 +398,9 @@ class UsageStore:
 
     @staticmethod
     def _open(path):
-        # check_same_thread=False: every use is under self.lock. timeout = busy wait in s.
-        db = sqlite3.connect(path, timeout=5, isolation_level=None, check_same_thread=False)
+        # check_same_thread=False: every use is under self.lock. timeout: busy wait, in
+        # seconds, for another process writing the same file (kept short: a request waits).
+        db = sqlite3.connect(path, timeout=2, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode survives a crash of this process; only power loss can drop
         # the last commits.
@@ -351,22 +418,43 @@ class UsageStore:
         return db
 
     def _failed(self, what, exc):
-        self.last_error = f"{what} failed: {exc}"
-        log(f"usage db {self.path}: {self.last_error}")
+        message = f"{what} failed: {exc}"
+        if message != self.last_error:  # once per distinct failure, not once per request
+            log(f"usage db {self.path}: {message}")
+        self.last_error = message
 
-    def _run(self, what, sql, params=(), fetch=False):
+    def _read(self, sql, params=()):
         if self.db is None:
-            return None
+            return []
         try:
             with self.lock:
-                cur = self.db.execute(sql, params)
-                rows = cur.fetchall() if fetch else None
-            if self.last_error and not fetch:
-                self.last_error = None
-            return rows
+                return self.db.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
-            self._failed(what, exc)
-            return None
+            self._failed("read", exc)
+            return []
+
+    def _write(self, statements):
+        """Run (sql, params) pairs in one transaction; False if the database refused."""
+        if self.db is None:
+            return False
+        try:
+            with self.lock:
+                self.db.execute("BEGIN IMMEDIATE")
+                try:
+                    for sql, params in statements:
+                        self.db.execute(sql, params)
+                    self.db.execute("COMMIT")
+                except BaseException:
+                    if self.db.in_transaction:
+                        self.db.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as exc:
+            self._failed("write", exc)
+            return False
+        if self.last_error:
+            log(f"usage db {self.path}: writing works again")
+            self.last_error = None
+        return True
 
     def health(self):
         """The database's state for /health."""
@@ -374,55 +462,162 @@ class UsageStore:
                 "error": self.last_error}
 
     def record(self, row):
-        """Append one request row."""
-        self._run(
-            "write",
-            "INSERT INTO requests (ts, request_id, model, provider, session_id, stream,"
-            " outcome, status, error, prompt_tokens, completion_tokens, total_tokens,"
-            " cached_tokens, cost_usd, duration_ms, ttft_ms, is_error)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (_utc_now_text(), row["request_id"], row["model"], row["provider"],
-             row.get("session_id"), int(bool(row.get("stream"))), row["outcome"],
-             row["status"], (row.get("error") or None) and row["error"][:500],
-             row.get("prompt_tokens", 0), row.get("completion_tokens", 0),
-             row.get("prompt_tokens", 0) + row.get("completion_tokens", 0),
-             row.get("cached_tokens", 0), row.get("cost_usd", 0.0), row.get("duration_ms"),
-             row.get("ttft_ms"), int(row["outcome"] != "ok")))
+        """Append one request row and add it to its hour's sums."""
+        ts = _utc_now_text()
+        prompt, completion = row.get("prompt_tokens", 0), row.get("completion_tokens", 0)
+        cached, cost = row.get("cached_tokens", 0), row.get("cost_usd", 0.0)
+        duration, error = row.get("duration_ms"), row.get("error")
+        failed = int(row["outcome"] != "ok")
+        self._write((
+            ("INSERT INTO requests (ts, request_id, model, provider, session_id, stream,"
+             " outcome, status, error, prompt_tokens, completion_tokens, total_tokens,"
+             " cached_tokens, cost_usd, duration_ms, ttft_ms, is_error)"
+             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+             (ts, row["request_id"], row["model"], row["provider"], row.get("session_id"),
+              int(bool(row.get("stream"))), row["outcome"], row["status"],
+              error[:500] if error else None, prompt, completion, prompt + completion,
+              cached, cost, duration, row.get("ttft_ms"), failed)),
+            ("INSERT INTO usage_hourly VALUES (?,?,?,1,?,?,?,?,?,?,?,?)"
+             " ON CONFLICT (hour, model, provider) DO UPDATE SET"
+             " requests = requests + 1, errors = errors + excluded.errors,"
+             " prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
+             " completion_tokens = completion_tokens + excluded.completion_tokens,"
+             " total_tokens = total_tokens + excluded.total_tokens,"
+             " cached_tokens = cached_tokens + excluded.cached_tokens,"
+             " cost_usd = cost_usd + excluded.cost_usd,"
+             " duration_ms_sum = duration_ms_sum + excluded.duration_ms_sum,"
+             " duration_count = duration_count + excluded.duration_count",
+             (ts[:13], row["model"], row["provider"], failed, prompt, completion,
+              prompt + completion, cached, cost, duration or 0, int(duration is not None))),
+        ))
 
-    def summary(self):
-        """Totals grouped by model and provider."""
-        rows = self._run(
-            "read",
-            "SELECT model, provider, COUNT(*), SUM(outcome != 'ok'), SUM(prompt_tokens),"
-            " SUM(completion_tokens), SUM(total_tokens), AVG(duration_ms),"
-            " SUM(cached_tokens), SUM(cost_usd)"
-            " FROM requests GROUP BY model, provider ORDER BY COUNT(*) DESC", fetch=True) or []
-        keys = ("model", "provider", "requests", "errors", "prompt_tokens",
-                "completion_tokens", "total_tokens", "avg_duration_ms", "cached_tokens",
-                "cost_usd")
+    def _sums(self, raw_key, hour_key, since, until, provider, model):
+        """{group: [sums in _SUMS order]} over [since, until): whole hours from the rollup,
+        the partial hours at the two edges from the raw rows (whose ts is indexed)."""
+        where, params = [], []
+        for column, value in (("provider", provider), ("model", model)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        first_hour = None  # the whole hours are [first_hour, last_hour)
+        if since is not None:
+            first_hour = since[:13] if since[13:].strip(":0.") == "" else _next_hour(since)
+        last_hour = None if until is None else until[:13]
+        rows = []
+        if first_hour is not None and last_hour is not None and first_hour >= last_hour:
+            edges = [(since, until)]  # less than the whole hours: raw rows only
+        else:
+            edges = []
+            if since is not None:
+                edges.append((since, first_hour + ":00:00"))
+            if until is not None:
+                edges.append((last_hour + ":00:00", until))
+            cond, cparams = list(where), list(params)
+            for test, hour in (("hour >= ?", first_hour), ("hour < ?", last_hour)):
+                if hour is not None:
+                    cond.append(test)
+                    cparams.append(hour)
+            clause = " WHERE " + " AND ".join(cond) if cond else ""
+            rows = self._read(f"SELECT {hour_key}, {_ROLLUP_SUMS} FROM usage_hourly{clause}"
+                              f" GROUP BY {hour_key}", cparams)
+        for low, high in edges:
+            rows += self._raw_sums(raw_key, where, params, low, high)
+        width = len(_SUMS)
+        out = {}
+        for row in rows:
+            key = row[0] if len(row) == width + 1 else tuple(row[:-width])
+            acc = out.setdefault(key, [0] * width)
+            for i, value in enumerate(row[-width:]):
+                acc[i] += value or 0
+        return out
+
+    def _raw_sums(self, key, where, params, low, high):
+        """Sums of the raw rows with low <= ts < high, grouped by `key`."""
+        if high is not None and low >= high:
+            return []
+        cond = where + ["ts >= ?"] + (["ts < ?"] if high is not None else [])
+        return self._read(f"SELECT {key}, {_RAW_SUMS} FROM requests WHERE "
+                          + " AND ".join(cond) + f" GROUP BY {key}",
+                          params + [low] + ([high] if high is not None else []))
+
+    def summary(self, since=None, until=None, provider=None, model=None):
+        """Totals grouped by model and provider, busiest first."""
+        out = []
+        for (name, prov), sums in self._sums("model, provider", "model, provider",
+                                              since, until, provider, model).items():
+            item = dict(zip(_SUMS, sums))
+            if not item["requests"]:
+                continue
+            count, total_ms = item["duration_count"], item["duration_ms_sum"]
+            out.append({"model": name, "provider": prov, "requests": int(item["requests"]),
+                        "errors": int(item["errors"]),
+                        "prompt_tokens": int(item["prompt_tokens"]),
+                        "completion_tokens": int(item["completion_tokens"]),
+                        "total_tokens": int(item["total_tokens"]),
+                        "avg_duration_ms": round(total_ms / count, 1) if count else 0.0,
+                        "cached_tokens": int(item["cached_tokens"]),
+                        "cost_usd": round(item["cost_usd"], 7)})
+        out.sort(key=lambda item: (-item["requests"], item["model"] or "", item["provider"]))
+        return out
+
+    # bucket -> (characters of `ts` that name it, what completes it as ISO 8601)
+    BUCKETS = {"minute": (16, ":00Z"), "hour": (13, ":00:00Z"), "day": (10, "T00:00:00Z")}
+
+    def timeseries(self, bucket, since=None, until=None, provider=None, model=None):
+        """Sums per minute, hour or day (only buckets with requests), oldest first."""
+        width, suffix = self.BUCKETS[bucket]
+        raw_key = f"substr(ts, 1, {width})"
+        if bucket == "minute":
+            # The rollup is hourly: minutes come from raw rows, so a window is required.
+            where = [f"{c} = ?" for c, v in (("provider", provider), ("model", model)) if v]
+            params = [v for v in (provider, model) if v]
+            groups = {row[0]: row[1:] for row in
+                      self._raw_sums(raw_key, where, params, since, until)}
+        else:
+            groups = self._sums(raw_key, f"substr(hour, 1, {width})", since, until,
+                                provider, model)
+        out = []
+        for key in sorted(k for k in groups if k):
+            item = dict(zip(_SUMS, groups[key]))
+            out.append({"bucket": key.replace(" ", "T") + suffix,
+                        "requests": int(item["requests"]), "errors": int(item["errors"]),
+                        "prompt_tokens": int(item["prompt_tokens"]),
+                        "completion_tokens": int(item["completion_tokens"]),
+                        "total_tokens": int(item["total_tokens"]),
+                        "cost_usd": round(item["cost_usd"], 7)})
+        return out
+
+    _RECENT = ("id", "ts", "request_id", "model", "provider", "session_id", "stream",
+               "outcome", "status", "error", "prompt_tokens", "completion_tokens",
+               "total_tokens", "cached_tokens", "cost_usd", "duration_ms", "ttft_ms")
+
+    def recent(self, limit, since=None):
+        """The latest rows, newest first."""
+        clause, params = ("WHERE ts >= ?", [since]) if since is not None else ("", [])
+        rows = self._read(f"SELECT {', '.join(self._RECENT)} FROM requests {clause}"
+                          " ORDER BY id DESC LIMIT ?", params + [limit])
         out = []
         for row in rows:
-            item = dict(zip(keys, row))
-            item["avg_duration_ms"] = round(item["avg_duration_ms"] or 0, 1)
-            item["cost_usd"] = round(item["cost_usd"] or 0, 7)
+            item = dict(zip(self._RECENT, row))
+            item["ts"] = _iso(item["ts"])
+            item["stream"] = bool(item["stream"])
             out.append(item)
         return out
 
     def get_claude_session(self, client_id):
         """(claude_uuid, workdir, total_cost_usd) for a client session id, or None."""
-        rows = self._run("read", "SELECT claude_uuid, workdir, total_cost_usd"
-                         " FROM claude_sessions WHERE client_id = ?", (client_id,), fetch=True)
+        rows = self._read("SELECT claude_uuid, workdir, total_cost_usd"
+                          " FROM claude_sessions WHERE client_id = ?", (client_id,))
         return rows[0] if rows else None
 
     def put_claude_session(self, client_id, claude_uuid, workdir, total_cost_usd):
         """Remember (or move) a client session after a successful turn."""
-        self._run("write",
-                  "INSERT INTO claude_sessions (client_id, claude_uuid, workdir,"
-                  " total_cost_usd, updated_at) VALUES (?,?,?,?,?)"
-                  " ON CONFLICT(client_id) DO UPDATE SET claude_uuid=excluded.claude_uuid,"
-                  " workdir=excluded.workdir, total_cost_usd=excluded.total_cost_usd,"
-                  " updated_at=excluded.updated_at",
-                  (client_id, claude_uuid, workdir, total_cost_usd, _utc_now_text()))
+        self._write((("INSERT INTO claude_sessions (client_id, claude_uuid, workdir,"
+                      " total_cost_usd, updated_at) VALUES (?,?,?,?,?)"
+                      " ON CONFLICT(client_id) DO UPDATE SET claude_uuid=excluded.claude_uuid,"
+                      " workdir=excluded.workdir, total_cost_usd=excluded.total_cost_usd,"
+                      " updated_at=excluded.updated_at",
+                      (client_id, claude_uuid, workdir, total_cost_usd, _utc_now_text())),))
 
     def close(self):
         """Close the connection."""
@@ -1218,7 +1413,6 @@ def _response_socket(response):
 
 def _epoch(stamp):
     """RFC 3339 (Ollama's modified_at, nanoseconds and all) -> Unix seconds; 0 if odd."""
-    import datetime
     try:
         text = re.sub(r"(\.\d{6})\d+", r"\1", str(stamp)).replace("Z", "+00:00")
         return int(datetime.datetime.fromisoformat(text).timestamp())
@@ -1549,8 +1743,8 @@ def _session_id(environ):
     return raw
 
 
-def parse_chat_request(raw, environ, default_model):
-    """Validate a /v1/chat/completions body; InvalidRequest says what to fix."""
+def parse_json_body(raw):
+    """The request body as a JSON object, or InvalidRequest."""
     if not raw.strip():
         raise InvalidRequest("The request body is empty; send a JSON object.")
     try:
@@ -1559,6 +1753,28 @@ def parse_chat_request(raw, environ, default_model):
         raise InvalidRequest(f"The request body is not valid JSON: {exc}.") from None
     if not isinstance(body, dict):
         raise InvalidRequest(f"The request body must be a JSON object, not {_type_name(body)}.")
+    return body
+
+
+def refused_chat(body, environ, default_model):
+    """A stand-in ChatRequest for the usage row of a request that failed validation."""
+    chat = ChatRequest()
+    model = body.get("model")
+    chat.model = (model[:200] if isinstance(model, str) and model else default_model)
+    chat.messages, chat.params = [], {}
+    chat.stream = body.get("stream") is True
+    chat.include_usage = False
+    try:
+        chat.session_id = _session_id(environ)
+    except InvalidRequest:
+        chat.session_id = None
+    chat.request_id = "chatcmpl-" + secrets.token_hex(12)
+    chat.created = int(time.time())
+    return chat
+
+
+def parse_chat_request(body, environ, default_model):
+    """Validate a /v1/chat/completions body; InvalidRequest says what to fix."""
     chat = ChatRequest()
     model = body.get("model")
     if model is None:
@@ -1716,6 +1932,13 @@ class ChunkWriter:
 # ----------------------------------------------------------------------------------------
 
 _JSON = "application/json"
+# /v1/usage/recent answers at most this many rows.
+_RECENT_MAX = 1000
+
+
+def _ts_seconds(ts):
+    return datetime.datetime.strptime(ts[:19], _TS_FORMAT).replace(
+        tzinfo=datetime.timezone.utc).timestamp()
 
 
 def _json_response(obj, status=200, headers=None):
@@ -1838,12 +2061,19 @@ def make_app(settings):
     """Build the WSGI app and everything it owns; `app.bridge` holds the state."""
     bridge = Bridge(settings)
     app = bottle.Bottle()
+    try:
+        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "dashboard.html"),
+                  "rb") as f:
+            dashboard_html = f.read()
+    except OSError:
+        dashboard_html = None
     app.bridge = bridge
     auth_key = settings.claude_auth_key.encode("utf-8") if settings.claude_auth_key else None
 
     @app.hook("before_request")
     def check_auth():
-        if auth_key is None or bottle.request.path == "/health":
+        # /dashboard is a static page without data; it asks for the key itself.
+        if auth_key is None or bottle.request.path in ("/health", "/dashboard"):
             return
         header = bottle.request.get_header("Authorization", "")
         scheme, _, token = header.strip().partition(" ")
@@ -1888,9 +2118,73 @@ def make_app(settings):
         data.extend(bridge.ollama.models())
         return _json_response({"object": "list", "data": data})
 
-    @app.get("/v1/usage")
+    def query(name):
+        value = bottle.request.query.getunicode(name)
+        return value.strip() if value and value.strip() else None
+
+    def filters():
+        since, until = query("since"), query("until")
+        since = parse_time(since, "since") if since else None
+        until = parse_time(until, "until") if until else None
+        if since and until and since >= until:
+            raise InvalidRequest("'since' must be before 'until'.", param="since")
+        provider = query("provider")
+        if provider not in (None, "claude", "ollama"):
+            raise InvalidRequest("'provider' must be claude or ollama.", param="provider")
+        return {"since": since, "until": until, "provider": provider, "model": query("model")}
+
+    def usage_route(path):
+        def decorate(handler):
+            def wrapper():
+                try:
+                    return _json_response(handler())
+                except InvalidRequest as exc:
+                    return _error_response(exc)
+            return app.get(path, callback=wrapper)
+        return decorate
+
+    @usage_route("/v1/usage")
     def usage():
-        return _json_response(bridge.store.summary())
+        return bridge.store.summary(**filters())
+
+    @usage_route("/v1/usage/recent")
+    def usage_recent():
+        raw = query("limit") or "50"
+        if not raw.isdigit() or not 1 <= int(raw) <= _RECENT_MAX:
+            raise InvalidRequest(f"'limit' must be a whole number from 1 to {_RECENT_MAX}.",
+                                 param="limit")
+        return bridge.store.recent(int(raw), filters()["since"])
+
+    @usage_route("/v1/usage/timeseries")
+    def usage_timeseries():
+        bucket = query("bucket") or "hour"
+        if bucket not in UsageStore.BUCKETS:
+            raise InvalidRequest("'bucket' must be minute, hour or day.", param="bucket")
+        window = filters()
+        if bucket == "minute":
+            # Minutes are summed from raw rows: keep the window small.
+            since, until = window["since"], window["until"] or _utc_now_text()
+            if since is None or _ts_seconds(until) - _ts_seconds(since) > 2 * 86400:
+                raise InvalidRequest("bucket=minute needs 'since' within 2 days of 'until' "
+                                     "(e.g. since=1h).", param="since")
+        return bridge.store.timeseries(bucket, **window)
+
+    @app.get("/dashboard")
+    def dashboard():
+        if dashboard_html is None:
+            return _error_response(NotFound(
+                "dashboard.html is missing: copy it next to bridge.py."))
+        response = bottle.HTTPResponse(body=dashboard_html)
+        response.content_type = "text/html; charset=utf-8"
+        # The page holds no data (it fetches it with the key); still, nothing but itself
+        # may run or be loaded, so a hostile string could do nothing even if rendered.
+        response.set_header("Content-Security-Policy",
+                            "default-src 'none'; script-src 'unsafe-inline'; "
+                            "style-src 'unsafe-inline'; connect-src 'self'; img-src data:; "
+                            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+        response.set_header("X-Content-Type-Options", "nosniff")
+        response.set_header("Referrer-Policy", "no-referrer")
+        return response
 
     @app.post("/v1/chat/completions")
     def chat_completions():
@@ -1905,11 +2199,17 @@ def make_app(settings):
                 "(MAX_BODY_MB)."))
         raw = environ["wsgi.input"].read(length) if length else b""
         try:
-            chat = parse_chat_request(raw, environ, settings.claude_default_model)
+            body = parse_json_body(raw)
         except InvalidRequest as exc:
+            return _error_response(exc)  # not parsed: no usage row
+        try:
+            chat = parse_chat_request(body, environ, settings.claude_default_model)
+        except InvalidRequest as exc:
+            chat = refused_chat(body, environ, settings.claude_default_model)
+            RequestRecord(bridge.store, chat, _provider(chat.model)).write(
+                "error", exc.status, exc.message)
             return _error_response(exc)
-        provider = "ollama" if chat.model.startswith("ollama/") else "claude"
-        record = RequestRecord(bridge.store, chat, provider)
+        record = RequestRecord(bridge.store, chat, _provider(chat.model))
         run = None
         handed_off = False
         try:
@@ -2017,6 +2317,10 @@ def make_app(settings):
         return generate()
 
     return app
+
+
+def _provider(model):
+    return "ollama" if model.startswith("ollama/") else "claude"
 
 
 def _retract(parts, void):

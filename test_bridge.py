@@ -1205,3 +1205,215 @@ def test_ollama_session_byte_cap_and_expiry(start, ollama_fake):
     assert [m["content"][0] for m in kept if m["role"] == "user"] == ["b"]
     time.sleep(0.7)
     assert br.app.bridge.ollama.histories.get("small") == ([], [])
+
+
+# ----------------------------------------------------------------------------------------
+# Usage log, usage API
+# ----------------------------------------------------------------------------------------
+
+def test_rows_for_every_outcome_with_units(start, ollama_fake):
+    br = start(OLLAMA_URL=ollama_fake.url, CLAUDE_TIMEOUT="1")
+    h = {"X-Session-ID": "s-1"}
+    br.post(user("hello"), headers=h)
+    br.post({"model": "sonnet", "messages": []})                 # 400 after parsing
+    requests.post(br.url + "/v1/chat/completions", data=b"{not json", timeout=10)  # no row
+    br.post(user("[fake:error-500]"))                            # 502
+    br.post(user("[fake:hang]"))                                 # 504
+    resp = br.post({**user("[fake:slow:50:50]"), "stream": True}, stream=True)
+    for line in resp.iter_lines():
+        if b"tick2" in line:
+            break
+    resp.close()                                                 # cancelled
+    assert wait_until(lambda: len(br.rows()) == 5)
+    rows = br.rows()
+    assert [(r["model"], r["provider"], r["outcome"], r["status"]) for r in rows] == [
+        ("claude-code", "claude", "ok", 200), ("sonnet", "claude", "error", 400),
+        ("claude-code", "claude", "error", 502), ("claude-code", "claude", "error", 504),
+        ("claude-code", "claude", "cancelled", 499)]
+    ok, bad, failed, slow, gone = rows
+    assert ok["session_id"] == "s-1" and ok["request_id"].startswith("chatcmpl-")
+    assert (ok["prompt_tokens"], ok["completion_tokens"], ok["total_tokens"],
+            ok["cached_tokens"]) == (666, 44, 710, 333)
+    assert ok["cost_usd"] == pytest.approx(0.0025006)
+    assert ok["ts"][:2] == "20" and ok["duration_ms"] >= ok["ttft_ms"] >= 0
+    assert "messages" in bad["error"] and "API Error: 500" in failed["error"]
+    assert slow["duration_ms"] >= 900 and "CLAUDE_TIMEOUT" in slow["error"]
+    # Tokens known so far (message_start's usage) are kept.
+    assert gone["stream"] == 1 and gone["prompt_tokens"] == 666 and gone["cached_tokens"] == 333
+    assert all(len(r["error"] or "") <= 500 for r in rows)
+
+
+def test_a_stream_row_is_written_before_its_last_byte(br):
+    resp = br.post({**user("hello"), "stream": True}, stream=True)
+    for line in resp.iter_lines():
+        if b'"finish_reason":"stop"' in line:
+            assert br.rows() and br.rows()[-1]["outcome"] == "ok"
+            break
+    else:
+        pytest.fail("no finish chunk")
+
+
+def _go_bridge_db(path):
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE requests (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+               " ts DATETIME DEFAULT CURRENT_TIMESTAMP, model TEXT, provider TEXT,"
+               " prompt_tokens INTEGER, completion_tokens INTEGER, total_tokens INTEGER,"
+               " duration_ms INTEGER, is_error INTEGER)")
+    rows = [("claude-code", "claude", 10, 5, 15, 100, 0),
+            ("claude-code", "claude", 20, 0, 20, 300, 1),
+            ("ollama/llama3.2", "ollama", 7, 3, 10, 50, 0)]
+    db.executemany("INSERT INTO requests (model, provider, prompt_tokens, completion_tokens,"
+                   " total_tokens, duration_ms, is_error) VALUES (?,?,?,?,?,?,?)", rows)
+    db.execute("INSERT INTO requests (ts, model, provider, prompt_tokens, completion_tokens,"
+               " total_tokens, duration_ms, is_error) VALUES"
+               " ('2025-01-02 03:04:05', 'opus', 'claude', 1, 1, 2, 10, 0)")
+    db.commit()
+    db.close()
+
+
+def test_go_bridge_database_is_migrated_in_place(start, tmp_path):
+    path = tmp_path / "usage.db"
+    _go_bridge_db(path)
+    br = start(USAGE_DB_PATH=str(path))
+    summary = {s["model"]: s for s in requests.get(br.url + "/v1/usage", timeout=10).json()}
+    assert summary["claude-code"] == {
+        "model": "claude-code", "provider": "claude", "requests": 2, "errors": 1,
+        "prompt_tokens": 30, "completion_tokens": 5, "total_tokens": 35,
+        "avg_duration_ms": 200.0, "cached_tokens": 0, "cost_usd": 0}
+    assert summary["ollama/llama3.2"]["total_tokens"] == 10
+    old = requests.get(br.url + "/v1/usage?until=2025-06-01", timeout=10).json()
+    assert [(s["model"], s["requests"]) for s in old] == [("opus", 1)]
+    br.post(user("hello"))
+    summary = {s["model"]: s for s in requests.get(br.url + "/v1/usage", timeout=10).json()}
+    assert summary["claude-code"]["requests"] == 3
+    assert summary["claude-code"]["total_tokens"] == 35 + 710
+    rows = br.rows()
+    assert len(rows) == 5 and [r["outcome"] for r in rows[:4]] == ["ok", "error", "ok", "ok"]
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(bridge.MIGRATIONS)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.close()
+    br.stop()
+    again = start(USAGE_DB_PATH=str(path))  # opening a current database changes nothing
+    assert len(again.rows()) == 5
+
+
+def _store_with_rows(tmp_path, monkeypatch, stamps):
+    store = bridge.UsageStore(str(tmp_path / "u.db"))
+    for i, stamp in enumerate(stamps):
+        monkeypatch.setattr(bridge, "_utc_now_text", lambda stamp=stamp: stamp)
+        store.record({"request_id": f"r{i}", "model": ["a", "b"][i % 2],
+                      "provider": ["claude", "ollama"][i % 3 == 0], "outcome":
+                      ["ok", "error", "cancelled"][i % 3], "status": 200,
+                      "prompt_tokens": i, "completion_tokens": 2 * i, "cached_tokens": i % 5,
+                      "cost_usd": 0.001 * i, "duration_ms": 10 * i})
+    return store
+
+
+def _brute_force(store, since, until):
+    db = store.db
+    where, params = [], []
+    if since:
+        where.append("ts >= ?")
+        params.append(since)
+    if until:
+        where.append("ts < ?")
+        params.append(until)
+    clause = ("WHERE " + " AND ".join(where)) if where else ""
+    return {(m, p): (n, e, t, round(c, 7)) for m, p, n, e, t, c in db.execute(
+        "SELECT model, provider, COUNT(*), SUM(outcome != 'ok'), SUM(total_tokens),"
+        f" TOTAL(cost_usd) FROM requests {clause} GROUP BY 1, 2", params)}
+
+
+def test_rollup_answers_equal_the_raw_rows(tmp_path, monkeypatch):
+    import random
+    rnd = random.Random(7)
+    stamps = sorted(bridge._ts_text(1_790_000_000 + rnd.random() * 5 * 86400)
+                    for _ in range(400))
+    store = _store_with_rows(tmp_path, monkeypatch, stamps)
+    cuts = [None] + [bridge._ts_text(1_790_000_000 + rnd.random() * 5 * 86400)
+                     for _ in range(30)] + ["2026-11-11 11:00:00.000"]
+    for since in cuts:
+        for until in cuts:
+            if since and until and since >= until:
+                continue
+            got = {(s["model"], s["provider"]): (s["requests"], s["errors"], s["total_tokens"],
+                                                 s["cost_usd"])
+                   for s in store.summary(since=since, until=until)}
+            assert got == _brute_force(store, since, until), (since, until)
+    series = store.timeseries("hour", since=cuts[3])
+    assert sum(b["requests"] for b in series) == sum(
+        v[0] for v in _brute_force(store, cuts[3], None).values())
+    assert all(b["bucket"].endswith(":00:00Z") for b in series)
+    days = store.timeseries("day")
+    assert sum(b["requests"] for b in days) == 400
+    store.close()
+
+
+def test_usage_filters_recent_and_timeseries(start, ollama_fake):
+    br = start(OLLAMA_URL=ollama_fake.url)
+    for body in (user("hello"), user("[fake:error-401]"), ask("hi")):
+        br.post(body)
+    get = lambda path: requests.get(br.url + path, timeout=10)  # noqa: E731
+    assert [s["model"] for s in get("/v1/usage?provider=ollama").json()] == ["ollama/llama3.2"]
+    assert get("/v1/usage?model=claude-code").json()[0]["errors"] == 1
+    assert get("/v1/usage?since=1h").json() and not get("/v1/usage?until=1h").json()
+    assert get("/v1/usage?since=2020-01-01T00:00:00Z&until=2999-01-01").json()
+    recent = get("/v1/usage/recent?limit=2").json()
+    assert [r["model"] for r in recent] == ["ollama/llama3.2", "claude-code"]
+    assert recent[1]["outcome"] == "error" and "Invalid API key" in recent[1]["error"]
+    assert recent[0]["ts"].endswith("Z") and "T" in recent[0]["ts"]
+    assert recent[0]["stream"] is False
+    for bucket, since in (("minute", "1h"), ("hour", "24h"), ("day", None)):
+        series = get(f"/v1/usage/timeseries?bucket={bucket}"
+                     + (f"&since={since}" if since else "")).json()
+        assert sum(b["requests"] for b in series) == 3
+        assert series[-1]["total_tokens"] == 710 + 15
+
+
+@pytest.mark.parametrize("path,param", [
+    ("/v1/usage?since=yesterday", "since"), ("/v1/usage?until=13/01/2025", "until"),
+    ("/v1/usage?since=1h&until=2h", "since"), ("/v1/usage?provider=openai", "provider"),
+    ("/v1/usage/recent?limit=0", "limit"), ("/v1/usage/recent?limit=5000", "limit"),
+    ("/v1/usage/recent?limit=ten", "limit"), ("/v1/usage/timeseries?bucket=week", "bucket"),
+    ("/v1/usage/timeseries?bucket=minute", "since"),
+    ("/v1/usage/timeseries?bucket=minute&since=30d", "since")])
+def test_bad_usage_filters_are_400(br, path, param):
+    assert assert_error(requests.get(br.url + path, timeout=10), 400)["param"] == param
+
+
+def test_usage_routes_need_the_key(start):
+    br = start(CLAUDE_AUTH_KEY="k")
+    for path in ("/v1/usage", "/v1/usage/recent", "/v1/usage/timeseries"):
+        assert_error(requests.get(br.url + path, timeout=10), 401)
+        ok = requests.get(br.url + path, headers={"Authorization": "Bearer k"}, timeout=10)
+        assert ok.status_code == 200 and ok.json() == []
+    page = requests.get(br.url + "/dashboard", timeout=10)  # the page holds no data
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    assert "default-src 'none'" in page.headers["Content-Security-Policy"]
+
+
+def test_unwritable_database_never_stops_requests(br, capfd):
+    store = br.app.bridge.store
+    with store.lock:
+        store.db.execute("PRAGMA query_only = 1")  # writes now fail, as on a read-only disk
+    reply = br.client().chat.completions.create(
+        model="claude-code", messages=[{"role": "user", "content": "hello"}])
+    assert reply.choices[0].message.content == REPLY
+    health = requests.get(br.url + "/health", timeout=10).json()
+    assert health["status"] == "degraded" and not health["database"]["ok"]
+    assert "readonly" in health["database"]["error"]
+    assert "usage db" in capfd.readouterr().err
+    with store.lock:
+        store.db.execute("PRAGMA query_only = 0")
+    br.post(user("hello"))
+    assert requests.get(br.url + "/health", timeout=10).json()["database"]["ok"]
+    assert len(br.rows()) == 1  # the row written while the disk was back
+
+
+def test_database_that_cannot_be_opened_never_stops_requests(start, tmp_path):
+    br = start(USAGE_DB_PATH=str(tmp_path / "missing-dir" / "usage.db"))
+    assert br.post(user("hello")).status_code == 200
+    health = requests.get(br.url + "/health", timeout=10).json()
+    assert health["database"]["ok"] is False and "open failed" in health["database"]["error"]
+    assert requests.get(br.url + "/v1/usage", timeout=10).json() == []
