@@ -316,25 +316,39 @@ _ROLLUP_SUMS = ("TOTAL(requests), TOTAL(errors), TOTAL(prompt_tokens), TOTAL(com
                 " TOTAL(duration_ms_sum), TOTAL(duration_count)")
 
 
-def _migrate_hourly_rollup(db):
-    """v3: per-hour sums kept on insert, so totals over a long history stay fast."""
+def _create_rollup(db, table, key, width):
     db.execute(
-        "CREATE TABLE usage_hourly ("
-        " hour TEXT NOT NULL, model TEXT NOT NULL, provider TEXT NOT NULL,"
+        f"CREATE TABLE {table} ("
+        f" {key} TEXT NOT NULL, model TEXT NOT NULL, provider TEXT NOT NULL,"
         " requests INTEGER NOT NULL, errors INTEGER NOT NULL,"
         " prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,"
         " total_tokens INTEGER NOT NULL, cached_tokens INTEGER NOT NULL,"
         " cost_usd REAL NOT NULL, duration_ms_sum INTEGER NOT NULL,"
-        " duration_count INTEGER NOT NULL, PRIMARY KEY (hour, model, provider))"
+        f" duration_count INTEGER NOT NULL, PRIMARY KEY ({key}, model, provider))"
         " WITHOUT ROWID")
     db.execute(
-        "INSERT INTO usage_hourly SELECT substr(ts, 1, 13), COALESCE(model, ''),"
+        f"INSERT INTO {table} SELECT substr(ts, 1, {width}), COALESCE(model, ''),"
         f" COALESCE(provider, ''), {_RAW_SUMS} FROM requests WHERE ts IS NOT NULL"
         " GROUP BY 1, 2, 3")
 
 
+def _migrate_hourly_rollup(db):
+    """v3: per-hour sums kept on insert, so totals over a long history stay fast."""
+    _create_rollup(db, "usage_hourly", "hour", 13)
+
+
+def _migrate_daily_rollup(db):
+    """v4: per-day sums too: a year of history is ~365 rows a model, not ~8,760."""
+    _create_rollup(db, "usage_daily", "day", 10)
+
+
 # Ordered: PRAGMA user_version is the number of migrations applied.
-MIGRATIONS = (_migrate_requests, _migrate_claude_sessions, _migrate_hourly_rollup)
+MIGRATIONS = (_migrate_requests, _migrate_claude_sessions, _migrate_hourly_rollup,
+              _migrate_daily_rollup)
+
+# Where sums come from, coarsest first: (table, key column, characters of `ts` in the key).
+# A time window is cut into whole days, then whole hours, then raw rows at its two edges.
+_LEVELS = (("usage_daily", "day", 10), ("usage_hourly", "hour", 13), ("requests", "ts", None))
 
 _TS_FORMAT = "%Y-%m-%d %H:%M:%S"  # the `ts` column: UTC, as SQLite's CURRENT_TIMESTAMP
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
@@ -372,10 +386,42 @@ def parse_time(value, name, now=None):
                              "like 30m, 24h, 7d.", param=name) from None
 
 
-def _next_hour(ts):
-    """The hour after the one `ts` falls in, as 'YYYY-MM-DD HH'."""
-    moment = datetime.datetime.strptime(ts[:13], "%Y-%m-%d %H") + datetime.timedelta(hours=1)
-    return moment.strftime("%Y-%m-%d %H")
+_STEP = {10: datetime.timedelta(days=1), 13: datetime.timedelta(hours=1)}
+
+
+def _floor_ts(ts, width):
+    """The start of the day (width 10) or hour (13) that `ts` falls in."""
+    return ts[:width] + " 00:00:00.000"[width - 10:]
+
+
+def _ceil_ts(ts, width):
+    """The first whole day (width 10) or hour (13) starting at or after `ts`."""
+    floor = _floor_ts(ts, width)
+    if ts[width:].strip(" :0.") == "":
+        return floor
+    moment = datetime.datetime.strptime(floor[:19], _TS_FORMAT) + _STEP[width]
+    return moment.strftime(_TS_FORMAT) + ".000"
+
+
+def _split_window(since, until, levels=_LEVELS):
+    """[(level, low, high)] covering [since, until) with the coarsest sums that fit;
+    None is an open end."""
+    if since is not None and until is not None and since >= until:
+        return []
+    level, finer = levels[0], levels[1:]
+    width = level[2]
+    if width is None:  # raw rows: whatever is left
+        return [(level, since, until)]
+    low = None if since is None else _ceil_ts(since, width)
+    high = None if until is None else _floor_ts(until, width)
+    if low is not None and high is not None and low >= high:
+        return _split_window(since, until, finer)
+    parts = [(level, low, high)]
+    if since is not None and since < low:
+        parts += _split_window(since, low, finer)
+    if until is not None and high < until:
+        parts += _split_window(high, until, finer)
+    return parts
 
 
 class UsageStore:
@@ -468,6 +514,8 @@ class UsageStore:
         cached, cost = row.get("cached_tokens", 0), row.get("cost_usd", 0.0)
         duration, error = row.get("duration_ms"), row.get("error")
         failed = int(row["outcome"] != "ok")
+        sums = (row["model"], row["provider"], failed, prompt, completion, prompt + completion,
+                cached, cost, duration or 0, int(duration is not None))
         self._write((
             ("INSERT INTO requests (ts, request_id, model, provider, session_id, stream,"
              " outcome, status, error, prompt_tokens, completion_tokens, total_tokens,"
@@ -477,73 +525,51 @@ class UsageStore:
               int(bool(row.get("stream"))), row["outcome"], row["status"],
               error[:500] if error else None, prompt, completion, prompt + completion,
               cached, cost, duration, row.get("ttft_ms"), failed)),
-            ("INSERT INTO usage_hourly VALUES (?,?,?,1,?,?,?,?,?,?,?,?)"
-             " ON CONFLICT (hour, model, provider) DO UPDATE SET"
-             " requests = requests + 1, errors = errors + excluded.errors,"
-             " prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
-             " completion_tokens = completion_tokens + excluded.completion_tokens,"
-             " total_tokens = total_tokens + excluded.total_tokens,"
-             " cached_tokens = cached_tokens + excluded.cached_tokens,"
-             " cost_usd = cost_usd + excluded.cost_usd,"
-             " duration_ms_sum = duration_ms_sum + excluded.duration_ms_sum,"
-             " duration_count = duration_count + excluded.duration_count",
-             (ts[:13], row["model"], row["provider"], failed, prompt, completion,
-              prompt + completion, cached, cost, duration or 0, int(duration is not None))),
+            *((f"INSERT INTO {table} VALUES (?,?,?,1,?,?,?,?,?,?,?,?)"
+               f" ON CONFLICT ({key}, model, provider) DO UPDATE SET"
+               " requests = requests + 1, errors = errors + excluded.errors,"
+               " prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
+               " completion_tokens = completion_tokens + excluded.completion_tokens,"
+               " total_tokens = total_tokens + excluded.total_tokens,"
+               " cached_tokens = cached_tokens + excluded.cached_tokens,"
+               " cost_usd = cost_usd + excluded.cost_usd,"
+               " duration_ms_sum = duration_ms_sum + excluded.duration_ms_sum,"
+               " duration_count = duration_count + excluded.duration_count",
+               (ts[:width], *sums)) for table, key, width in _LEVELS[:-1]),
         ))
 
-    def _sums(self, raw_key, hour_key, since, until, provider, model):
-        """{group: [sums in _SUMS order]} over [since, until): whole hours from the rollup,
-        the partial hours at the two edges from the raw rows (whose ts is indexed)."""
+    def _sums(self, group, since, until, provider, model, levels=_LEVELS):
+        """{group: [sums in _SUMS order]} over [since, until), reading the coarsest sums
+        that fit (see _split_window). `group(key column)` is the SQL to group by."""
         where, params = [], []
         for column, value in (("provider", provider), ("model", model)):
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
-        first_hour = None  # the whole hours are [first_hour, last_hour)
-        if since is not None:
-            first_hour = since[:13] if since[13:].strip(":0.") == "" else _next_hour(since)
-        last_hour = None if until is None else until[:13]
-        rows = []
-        if first_hour is not None and last_hour is not None and first_hour >= last_hour:
-            edges = [(since, until)]  # less than the whole hours: raw rows only
-        else:
-            edges = []
-            if since is not None:
-                edges.append((since, first_hour + ":00:00"))
-            if until is not None:
-                edges.append((last_hour + ":00:00", until))
-            cond, cparams = list(where), list(params)
-            for test, hour in (("hour >= ?", first_hour), ("hour < ?", last_hour)):
-                if hour is not None:
-                    cond.append(test)
-                    cparams.append(hour)
-            clause = " WHERE " + " AND ".join(cond) if cond else ""
-            rows = self._read(f"SELECT {hour_key}, {_ROLLUP_SUMS} FROM usage_hourly{clause}"
-                              f" GROUP BY {hour_key}", cparams)
-        for low, high in edges:
-            rows += self._raw_sums(raw_key, where, params, low, high)
         width = len(_SUMS)
         out = {}
-        for row in rows:
-            key = row[0] if len(row) == width + 1 else tuple(row[:-width])
-            acc = out.setdefault(key, [0] * width)
-            for i, value in enumerate(row[-width:]):
-                acc[i] += value or 0
+        for (table, key, key_width), low, high in _split_window(since, until, levels):
+            cond, cparams = list(where), list(params)
+            for test, bound in ((">=", low), ("<", high)):
+                if bound is not None:
+                    cond.append(f"{key} {test} ?")
+                    # A rollup key is the prefix of ts; the bounds are whole units there.
+                    cparams.append(bound[:key_width])
+            sums = _RAW_SUMS if table == "requests" else _ROLLUP_SUMS
+            clause = " WHERE " + " AND ".join(cond) if cond else ""
+            rows = self._read(f"SELECT {group(key)}, {sums} FROM {table}{clause}"
+                              f" GROUP BY {group(key)}", cparams)
+            for row in rows:
+                name = row[0] if len(row) == width + 1 else tuple(row[:-width])
+                acc = out.setdefault(name, [0] * width)
+                for i, value in enumerate(row[-width:]):
+                    acc[i] += value or 0
         return out
-
-    def _raw_sums(self, key, where, params, low, high):
-        """Sums of the raw rows with low <= ts < high, grouped by `key`."""
-        if high is not None and low >= high:
-            return []
-        cond = where + ["ts >= ?"] + (["ts < ?"] if high is not None else [])
-        return self._read(f"SELECT {key}, {_RAW_SUMS} FROM requests WHERE "
-                          + " AND ".join(cond) + f" GROUP BY {key}",
-                          params + [low] + ([high] if high is not None else []))
 
     def summary(self, since=None, until=None, provider=None, model=None):
         """Totals grouped by model and provider, busiest first."""
         out = []
-        for (name, prov), sums in self._sums("model, provider", "model, provider",
+        for (name, prov), sums in self._sums(lambda key: "model, provider",
                                               since, until, provider, model).items():
             item = dict(zip(_SUMS, sums))
             if not item["requests"]:
@@ -566,16 +592,10 @@ class UsageStore:
     def timeseries(self, bucket, since=None, until=None, provider=None, model=None):
         """Sums per minute, hour or day (only buckets with requests), oldest first."""
         width, suffix = self.BUCKETS[bucket]
-        raw_key = f"substr(ts, 1, {width})"
-        if bucket == "minute":
-            # The rollup is hourly: minutes come from raw rows, so a window is required.
-            where = [f"{c} = ?" for c, v in (("provider", provider), ("model", model)) if v]
-            params = [v for v in (provider, model) if v]
-            groups = {row[0]: row[1:] for row in
-                      self._raw_sums(raw_key, where, params, since, until)}
-        else:
-            groups = self._sums(raw_key, f"substr(hour, 1, {width})", since, until,
-                                provider, model)
+        # Only sums at least as fine as the bucket can fill it.
+        levels = tuple(level for level in _LEVELS if level[2] is None or level[2] >= width)
+        groups = self._sums(lambda key: f"substr({key}, 1, {width})", since, until,
+                            provider, model, levels)
         out = []
         for key in sorted(k for k in groups if k):
             item = dict(zip(_SUMS, groups[key]))

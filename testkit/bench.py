@@ -1,6 +1,7 @@
 """Benchmarks that print figures (never run by the test suite).
 
     python testkit/bench.py first-byte [--runs 30] [--real-cli PATH]
+    python testkit/bench.py usage [--rows 1000000]
 
 first-byte: time from sending a streaming request to the first SSE byte and to the first
 content chunk through the bridge, against the same fake `claude` run bare (time from
@@ -116,6 +117,89 @@ def first_byte(args):
               f"{v_content - b_delta:13.1f}")
 
 
+def usage(args):
+    """GET /v1/usage over a big history, and the cost of logging one request."""
+    import random
+    import sqlite3
+    tmp = tempfile.mkdtemp(prefix="bench-usage-")
+    path = os.path.join(tmp, "usage.db")
+    bridge.UsageStore(path).close()  # the current schema
+    db = sqlite3.connect(path)
+    rnd = random.Random(1)
+    now = time.time()
+    models = [("claude-code", "claude"), ("sonnet", "claude"), ("opus", "claude"),
+              ("haiku", "claude"), ("ollama/llama3.2", "ollama"), ("ollama/qwen2.5", "ollama")]
+    t0 = time.perf_counter()
+    batch = []
+    for i in range(args.rows):
+        model, provider = models[i % len(models)]
+        p, c = rnd.randint(10, 5000), rnd.randint(1, 2000)
+        batch.append((bridge._ts_text(now - rnd.random() * 365 * 86400), f"chatcmpl-{i}",
+                      model, provider, None, i % 2, "ok" if i % 17 else "error",
+                      200 if i % 17 else 502, None, p, c, p + c, p // 3, 0.0001 * c,
+                      rnd.randint(50, 20000), 40, 0 if i % 17 else 1))
+        if len(batch) == 50_000:
+            db.executemany("INSERT INTO requests (ts, request_id, model, provider, session_id,"
+                           " stream, outcome, status, error, prompt_tokens, completion_tokens,"
+                           " total_tokens, cached_tokens, cost_usd, duration_ms, ttft_ms,"
+                           " is_error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", batch)
+            batch.clear()
+    for table, _, width in bridge._LEVELS[:-1]:  # the rollups, as the migrations build them
+        db.execute(f"DELETE FROM {table}")
+        db.execute(f"INSERT INTO {table} SELECT substr(ts, 1, {width}), model, provider, "
+                   + bridge._RAW_SUMS + " FROM requests GROUP BY 1, 2, 3")
+    db.commit()
+    sizes = {t: db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+             for t, _, _ in bridge._LEVELS}
+    db.close()
+    print(f"built in {time.perf_counter() - t0:.1f} s: "
+          + ", ".join(f"{t} {n:,} rows" for t, n in sizes.items()))
+    server, url = serve({"PORT": "0", "USAGE_DB_PATH": path, "CLAUDE_WORKDIR": tmp})
+    store = server.app.bridge.store
+    total = sum(s["requests"] for s in store.summary())
+    assert total == args.rows, (total, args.rows)
+    http = requests.Session()
+    cases = [("/v1/usage", {}), ("/v1/usage?since=24h", {"since": "24h"}),
+             ("/v1/usage?since=7d&provider=claude", {"since": "7d", "provider": "claude"}),
+             ("/v1/usage?since=2026-01-01T10:30:00Z", {"since": "2026-01-01T10:30:00Z"}),
+             ("/v1/usage/timeseries?bucket=day", None),
+             ("/v1/usage/recent?limit=50", None)]
+    print(f"{'request':42} {'HTTP p50 ms':>12} {'HTTP p95 ms':>12} {'store p50 ms':>13}")
+    for path, filters in cases:
+        http.get(url + path, timeout=60).raise_for_status()
+        times = []
+        for _ in range(30):
+            t = time.perf_counter()
+            http.get(url + path, timeout=60).raise_for_status()
+            times.append(time.perf_counter() - t)
+        inner = ""
+        if filters is not None:
+            kw = {k: bridge.parse_time(v, k) if k in ("since", "until") else v
+                  for k, v in filters.items()}
+            st = []
+            for _ in range(30):
+                t = time.perf_counter()
+                store.summary(**kw)
+                st.append(time.perf_counter() - t)
+            inner = f"{median_ms(st):13.2f}"
+        times.sort()
+        print(f"{path:42} {median_ms(times):12.2f} {times[int(len(times) * 0.95)] * 1000:12.2f}"
+              f" {inner}")
+    row = {"request_id": "chatcmpl-x", "model": "claude-code", "provider": "claude",
+           "session_id": None, "stream": True, "outcome": "ok", "status": 200,
+           "prompt_tokens": 666, "completion_tokens": 44, "cached_tokens": 333,
+           "cost_usd": 0.0025, "duration_ms": 444, "ttft_ms": 120}
+    n = 5000
+    t = time.perf_counter()
+    for _ in range(n):
+        store.record(row)
+    per = (time.perf_counter() - t) / n * 1000
+    print(f"logging one request (row + hourly and daily sums, one transaction): {per:.3f} ms "
+          f"(mean of {n:,} on the {args.rows:,}-row database)")
+    bridge.stop_server(server, server.thread)
+    server.app.bridge.close()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -123,8 +207,10 @@ def main():
     fb = sub.add_parser("first-byte")
     fb.add_argument("--runs", type=int, default=30)
     fb.add_argument("--real-cli", default=None)
+    us = sub.add_parser("usage")
+    us.add_argument("--rows", type=int, default=1_000_000)
     args = parser.parse_args()
-    {"first-byte": first_byte}[args.command](args)
+    {"first-byte": first_byte, "usage": usage}[args.command](args)
 
 
 if __name__ == "__main__":
