@@ -143,6 +143,8 @@ SETTINGS = (
     Setting("USAGE_DB_PATH", "./usage.db", _text, "SQLite file for usage rows and sessions."),
     Setting("SSE_HEARTBEAT_SECONDS", "15", _seconds,
             "Seconds between keep-alive comments while a stream is silent."),
+    Setting("SHUTDOWN_TIMEOUT", "10", _seconds,
+            "Seconds in-flight requests get to finish on SIGTERM or Ctrl-C."),
 )
 
 Settings = collections.namedtuple("Settings", [s.name.lower() for s in SETTINGS])
@@ -184,7 +186,24 @@ def load_settings(environ=None, argv=None):
         except ValueError as exc:
             shown = "(hidden)" if s.name == "CLAUDE_AUTH_KEY" else repr(raw)
             raise SettingsError(f"{s.name}={shown} is not valid: {exc}") from None
-    return Settings(**values)
+    settings = Settings(**values)
+    if settings.claude_skip_perms and not settings.claude_auth_key \
+            and not _is_loopback(settings.host):
+        raise SettingsError(
+            f"HOST={settings.host} with CLAUDE_SKIP_PERMS=true and no CLAUDE_AUTH_KEY would let "
+            "anyone who reaches the port run commands as this user (the CLI runs tools "
+            "without asking). Set CLAUDE_AUTH_KEY, or keep HOST=127.0.0.1.")
+    return settings
+
+
+def _is_loopback(host):
+    import ipaddress
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve anywhere
 
 
 # ----------------------------------------------------------------------------------------
@@ -2038,9 +2057,13 @@ class Bridge:
                 param="model", code="model_not_found")
         return self.claude
 
+    def end_children(self):
+        """End every CLI still running."""
+        self.claude.shutdown()
+
     def close(self):
         """End every child process and close the database."""
-        self.claude.shutdown()
+        self.end_children()
         self.store.close()
 
 
@@ -2384,6 +2407,37 @@ def stop_server(server, thread, timeout=5.0):
         server.close()
 
 
+def serve(server, stop, grace):
+    """Run the server until `stop` is set, then drain: stop accepting, give in-flight
+    requests `grace` seconds, end the backends' children, close everything."""
+    from waitress import wasyncore
+    bridge = server.app.bridge
+    loop = dict(map=server._map, use_poll=True, count=1)
+    while not stop.is_set():
+        # Short polls: a signal only sets `stop`, and is seen within 0.1 s.
+        wasyncore.loop(timeout=0.1, **loop)
+    wasyncore.dispatcher.close(server)  # the listening socket only: no new connections
+    deadline = time.monotonic() + grace
+    dispatcher = server.task_dispatcher
+
+    def busy():
+        return dispatcher.active_count or dispatcher.queue or any(
+            getattr(ch, "total_outbufs_len", 0) for ch in list(server._map.values()))
+
+    while busy() and time.monotonic() < deadline:
+        wasyncore.loop(timeout=0.1, **loop)
+    if busy():
+        log(f"{dispatcher.active_count} request(s) still running after {grace:g} s; "
+            "ending them")
+    bridge.end_children()  # their requests now fail fast and write their usage rows
+    end = time.monotonic() + 3
+    while dispatcher.active_count and time.monotonic() < end:
+        wasyncore.loop(timeout=0.1, **loop)
+    wasyncore.close_all(server._map)
+    dispatcher.shutdown(timeout=2)
+    bridge.close()
+
+
 def main(argv=None):
     """Run the bridge until Ctrl-C or SIGTERM."""
     try:
@@ -2393,23 +2447,23 @@ def main(argv=None):
         return 2
     server = create_server(settings)
     bridge = server.app.bridge
+    stop = threading.Event()
 
-    def stop(signum, frame):
-        raise KeyboardInterrupt
+    def on_signal(signum, frame):
+        if not stop.is_set():
+            log(f"{signal.Signals(signum).name}: stopping (in-flight requests get "
+                f"{settings.shutdown_timeout:g} s)")
+        stop.set()
 
-    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     host = settings.host if ":" not in settings.host else f"[{settings.host}]"
     claude = bridge.claude.health()
     log(f"claude-bridge {__version__} listening on http://{host}:{server.effective_port}/v1")
     log(f"claude: {claude['version'] or claude['error']}; database: {settings.usage_db_path};"
         f" auth: {'on' if settings.claude_auth_key else 'off'}")
-    try:
-        server.run()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.close()
-        bridge.close()
+    serve(server, stop, settings.shutdown_timeout)
+    log("stopped")
     return 0
 
 

@@ -1417,3 +1417,136 @@ def test_database_that_cannot_be_opened_never_stops_requests(start, tmp_path):
     health = requests.get(br.url + "/health", timeout=10).json()
     assert health["database"]["ok"] is False and "open failed" in health["database"]["error"]
     assert requests.get(br.url + "/v1/usage", timeout=10).json() == []
+
+
+# ----------------------------------------------------------------------------------------
+# Start-up safety and graceful stop (the real `python bridge.py` process)
+# ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.1", "myhost.example"])
+def test_skip_perms_without_key_on_a_public_address_is_refused(host):
+    with pytest.raises(bridge.SettingsError, match="run commands as this user"):
+        bridge.load_settings(environ={"HOST": host, "CLAUDE_SKIP_PERMS": "true"})
+    bridge.load_settings(environ={"HOST": host, "CLAUDE_SKIP_PERMS": "true",
+                                  "CLAUDE_AUTH_KEY": "k"})
+    bridge.load_settings(environ={"HOST": host})
+    for loopback in ("127.0.0.1", "::1", "localhost"):
+        bridge.load_settings(environ={"HOST": loopback, "CLAUDE_SKIP_PERMS": "true"})
+
+
+class BridgeProcess:
+    """`python bridge.py` in a subprocess, its port read from the start-up banner."""
+
+    def __init__(self, tmp, **env):
+        self.tmp = tmp
+        full = {**os.environ, "PORT": "0", "CLAUDE_BIN": str(FAKE_CLAUDE),
+                "CLAUDE_WORKDIR": str(tmp), "USAGE_DB_PATH": str(tmp / "usage.db"),
+                "FAKE_CLAUDE_LOG": str(tmp / "fake-log"),
+                "CLAUDE_CONFIG_DIR": str(tmp / "claude-config"), **env}
+        (tmp / "fake-log").mkdir(exist_ok=True)
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "bridge.py")], env=full,
+                                     stderr=subprocess.PIPE, text=True)
+        self.lines = []
+        self.port = None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+            match = re.search(r"listening on http://127.0.0.1:(\d+)/v1", line)
+            if match:
+                self.port = int(match.group(1))
+                break
+        assert self.port, "".join(self.lines)
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stderr),
+                                       daemon=True)
+        self.reader.start()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def runs(self):
+        return [json.loads(p.read_text()) for p in (self.tmp / "fake-log").glob("*.json")]
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def bridge_process(tmp_path):
+    made = []
+
+    def _start(**env):
+        made.append(BridgeProcess(tmp_path, **env))
+        return made[-1]
+
+    yield _start
+    for p in made:
+        p.kill()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_stop_signal_drains_in_flight_requests_then_ends_children(bridge_process, signum):
+    bp = bridge_process(SHUTDOWN_TIMEOUT="3")
+    results = {}
+
+    def call(name, prompt):
+        try:
+            resp = requests.post(bp.url + "/v1/chat/completions", stream=True, timeout=30,
+                                 json={**user(prompt), "stream": True})
+            results[name] = [line for line in resp.iter_lines() if line]
+        except requests.RequestException as exc:
+            results[name] = exc
+
+    threads = [threading.Thread(target=call, args=("slow", "[fake:slow:10:150]")),
+               threading.Thread(target=call, args=("hang", "[fake:hang]"))]
+    for t in threads:
+        t.start()
+    assert wait_until(lambda: len(bp.runs()) == 2)
+    t0 = time.monotonic()
+    bp.proc.send_signal(signum)
+
+    def refused():
+        try:
+            requests.get(bp.url + "/health", timeout=2)
+        except requests.ConnectionError:
+            return True
+        return False
+
+    assert wait_until(refused, timeout=2)  # no longer accepting
+    for t in threads:
+        t.join(15)
+    assert bp.proc.wait(timeout=15) == 0
+    took = time.monotonic() - t0
+    assert results["slow"][-1] == b"data: [DONE]"  # finished within the grace period
+    assert b"[DONE]" not in b"".join(results["hang"]) if isinstance(results["hang"], list) \
+        else True
+    assert 2.5 < took < 10
+    for run in bp.runs():
+        assert not alive(run["pid"])
+    db = sqlite3.connect(bp.tmp / "usage.db")
+    outcomes = sorted(r[0] for r in db.execute("SELECT outcome FROM requests"))
+    db.close()
+    assert outcomes == ["error", "ok"]
+    assert "stopped" in bp.lines[-1]
+
+
+def test_start_up_refuses_an_exposed_unauthenticated_skip_perms(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "bridge.py"), "--host", "0.0.0.0",
+                          "--claude-skip-perms", "true"], capture_output=True, text=True,
+                         timeout=30, env={**os.environ, "USAGE_DB_PATH": str(tmp_path / "u.db")})
+    assert out.returncode == 2 and "CLAUDE_AUTH_KEY" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_logs_never_show_the_key(bridge_process):
+    bp = bridge_process(CLAUDE_AUTH_KEY="s3cret-key-value")
+    requests.get(bp.url + "/v1/models", headers={"Authorization": "Bearer s3cret-key-value"},
+                 timeout=10)
+    requests.get(bp.url + "/v1/models", headers={"Authorization": "Bearer wrong-key-value"},
+                 timeout=10)
+    requests.post(bp.url + "/v1/chat/completions", json=user("[fake:error-401]"),
+                  headers={"Authorization": "Bearer s3cret-key-value"}, timeout=30)
+    bp.proc.send_signal(signal.SIGTERM)
+    bp.proc.wait(timeout=15)
+    bp.reader.join(5)
+    text = "".join(bp.lines)
+    assert "auth: on" in text
+    assert "s3cret-key-value" not in text and "wrong-key-value" not in text
