@@ -493,6 +493,7 @@ def test_cli_failures_are_502_and_leave_no_process(br, scenario, words):
         assert wait_until(lambda: not alive(run["pid"]))
     row = br.rows()[-1]
     assert (row["outcome"], row["status"], row["is_error"]) == ("error", 502, 1)
+    assert requests.get(br.url + "/health", timeout=10).json()["status"] == "ok"
 
 
 def test_crash_after_text_is_an_sse_error_event(br):
@@ -1088,6 +1089,8 @@ def test_ollama_status_errors(obr, marker, status, words):
     for stream in (False, True):
         err = assert_error(obr.post({**ask(f"[ollama:{marker}]"), "stream": stream}), status)
         assert words in err["message"]
+    assert [r["outcome"] for r in obr.rows()] == ["error", "error"]
+    assert obr.post(ask("hi")).status_code == 200  # still healthy
 
 
 @pytest.mark.parametrize("marker,words", [("midstream-error", "unexpected EOF"),
@@ -1550,3 +1553,182 @@ def test_logs_never_show_the_key(bridge_process):
     text = "".join(bp.lines)
     assert "auth: on" in text
     assert "s3cret-key-value" not in text and "wrong-key-value" not in text
+
+
+# ----------------------------------------------------------------------------------------
+# Hardening: load, faults, hostile input
+# ----------------------------------------------------------------------------------------
+
+def test_load_at_ci_size():
+    from testkit import load
+    lines = []
+    figures = load.run(streams=100, total=1000, concurrency=25, kill_total=300,
+                       out=lines.append)
+    print("\n".join(lines))
+    held = figures["held"]
+    assert held["errors"] == 0 and held["peak_at_once"] == 100
+    mixed = figures["mixed"]
+    assert mixed["wrong_status"] == 0
+    assert mixed["rows"] == mixed["expected_outcomes"]  # every request is one row
+    before, after = figures["growth"]["before"], figures["growth"]["after"]
+    assert after["children"] == 0
+    assert after["fds"] <= before["fds"] + 10
+    assert after["threads"] <= before["threads"] + 10
+    assert after["rss_mib"] <= before["rss_mib"] + 25
+    kill = figures["kill"]
+    assert kill["integrity"] == "ok" and kill["missing"] == 0 and kill["completed"] > 0
+
+
+def test_cli_killed_by_someone_else_mid_stream(br):
+    resp = br.post({**user("[fake:slow:100:100]"), "stream": True}, stream=True)
+    data = []
+    for line in resp.iter_lines():
+        if line:
+            data.append(line)
+        if b"tick1" in line:
+            os.kill(_first_run(br)["pid"], signal.SIGKILL)
+    err = json.loads(data[-1][6:])["error"]
+    assert "signal 9" in err["message"] and b"data: [DONE]" not in data
+    assert br.rows()[-1]["outcome"] == "error"
+    assert requests.get(br.url + "/health", timeout=10).json()["status"] == "ok"
+    assert br.post(user("hello")).status_code == 200
+
+
+@pytest.mark.parametrize("value", ["--dangerously-skip-permissions", "-p", "--resume x",
+                                   "$(rm -rf ~)", "a" * 128])
+def test_session_ids_shaped_like_flags_never_reach_argv(br, value):
+    reply = br.post(user("hello"), headers={"X-Session-ID": value})
+    assert reply.status_code == 200
+    (run,) = br.chat_runs()
+    argv = run["argv"]
+    # The fixed flags, then the bridge's own UUID: nothing of the header's value.
+    assert argv[:5] == ["-p", "--output-format", "stream-json", "--verbose",
+                        "--include-partial-messages"]
+    assert len(argv) == 7 and argv[5] == "--session-id" and uuid.UUID(argv[6])
+
+
+@pytest.mark.parametrize("raw", [b"a\x00b", b"a\nb", b"x" * 10_000])
+def test_session_id_with_nul_newline_or_10kb_is_refused(br, raw):
+    body = json.dumps(user("hi")).encode()
+    sock = socket.create_connection(("127.0.0.1", br.server.effective_port), timeout=10)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                 b"Content-Type: application/json\r\nX-Session-ID: " + raw + b"\r\n"
+                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    sock.close()
+    status = int(answer.split(b" ", 2)[1])
+    assert 400 <= status < 500
+    assert br.chat_runs() == []
+
+
+@pytest.mark.parametrize("header", ["bearer secret", "BEARER secret", "Bearer  secret",
+                                    "Bearer secret  "])
+def test_auth_scheme_is_case_insensitive_and_spacing_tolerant(start, header):
+    br = start(CLAUDE_AUTH_KEY="secret")
+    resp = requests.get(br.url + "/v1/usage/recent", headers={"Authorization": header},
+                        timeout=10)
+    assert resp.status_code == 200
+
+
+@pytest.mark.parametrize("header", [None, "", "secret", "Bearer", "Bearer wrong",
+                                    "Bearer secret extra", "Basic c2VjcmV0", "Token secret",
+                                    "Bearer\tsecret", "Bearer secre"])
+def test_auth_refuses_every_route_but_health(start, header):
+    br = start(CLAUDE_AUTH_KEY="secret")
+    headers = {} if header is None else {"Authorization": header}
+    for method, path in (("GET", "/v1/models"), ("POST", "/v1/chat/completions"),
+                         ("GET", "/v1/chat/completions"), ("GET", "/v1/usage"),
+                         ("GET", "/v1/usage/recent"), ("GET", "/v1/usage/timeseries"),
+                         ("DELETE", "/v1/usage"), ("GET", "/nowhere")):
+        resp = requests.request(method, br.url + path, headers=headers, json=user("hi"),
+                                timeout=10)
+        assert_error(resp, 401, "invalid_api_key")
+    assert requests.get(br.url + "/health", headers=headers, timeout=10).status_code == 200
+    assert br.rows() == [] and br.chat_runs() == []
+
+
+def test_fuzzed_bodies_never_get_a_5xx(start, ollama_fake):
+    from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+    br = start(OLLAMA_URL=ollama_fake.url)
+    scalars = (st.none() | st.booleans() | st.integers(-2**70, 2**70)
+               | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20))
+    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
+                          | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                          max_leaves=12)
+    parts = st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url", "audio"])
+                                   | st.text(max_size=5)},
+                                  optional={"text": values, "image_url": values})
+    message = st.fixed_dictionaries(
+        {"role": st.sampled_from(["system", "developer", "user", "assistant", "tool"])
+         | values},
+        optional={"content": values | st.text(max_size=50) | st.lists(parts, max_size=3),
+                  "tool_calls": values, "tool_call_id": values})
+    models = st.sampled_from(["claude-code", "sonnet", "ollama/llama3.2", "ollama/nope",
+                              "ollama/", "-p", "a b", "x" * 300]) | values
+    chat = st.fixed_dictionaries(
+        {"messages": st.lists(message, max_size=3) | values},
+        optional={k: values for k in ("stream", "n", "temperature", "top_p", "max_tokens",
+                                      "stop", "seed", "tools", "response_format",
+                                      "stream_options", "max_completion_tokens")}
+        | {"model": models})
+
+    @hsettings(max_examples=250, deadline=None, derandomize=True,
+               suppress_health_check=list(HealthCheck))
+    @given(st.one_of(values, chat))
+    def check(body):
+        resp = requests.post(br.url + "/v1/chat/completions", timeout=30,
+                             data=json.dumps(body).encode(),
+                             headers={"Content-Type": "application/json"})
+        assert resp.status_code < 500, (body, resp.text)
+        if resp.status_code >= 400:
+            assert_error(resp, resp.status_code)
+        elif body.get("stream") is True if isinstance(body, dict) else False:
+            assert resp.text.rstrip().endswith("data: [DONE]")
+        else:
+            assert resp.json()["object"] == "chat.completion"
+
+    check()
+    assert requests.get(br.url + "/health", timeout=10).json()["status"] == "ok"
+
+
+def test_fuzzed_methods_paths_and_headers_never_get_a_5xx(br):
+    from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+    # What an HTTP client can send: visible ASCII, no surrounding spaces.
+    header_text = st.text(st.characters(min_codepoint=32, max_codepoint=126),
+                          max_size=200).filter(lambda v: v == v.strip())
+
+    @hsettings(max_examples=200, deadline=None, derandomize=True,
+               suppress_health_check=list(HealthCheck))
+    @given(st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]),
+           st.sampled_from(["/v1/chat/completions", "/v1/models", "/v1/usage", "/health",
+                            "/v1/usage/recent", "/v1/usage/timeseries", "/dashboard", "/"])
+           | st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=30)
+           .map(lambda p: "/" + p.lstrip("/")),
+           st.dictionaries(st.sampled_from(["X-Session-ID", "Content-Type", "Accept",
+                                            "Content-Encoding", "Authorization",
+                                            "Transfer-Encoding-X"]), header_text),
+           st.binary(max_size=300))
+    def check(method, path, headers, body):
+        resp = requests.request(method, br.url + path, headers=headers, data=body,
+                                timeout=30)
+        assert resp.status_code < 500, (method, path, headers, body, resp.text)
+        if resp.status_code >= 400 and method != "HEAD":
+            assert set(resp.json()["error"]) == {"message", "type", "param", "code"}
+
+    check()
+    assert requests.get(br.url + "/health", timeout=10).json()["status"] == "ok"
+
+
+def test_huge_body_is_413_and_chunked_bodies_work(start):
+    br = start(MAX_BODY_MB="2")
+    assert_error(requests.post(br.url + "/v1/chat/completions", data=b"x" * (3 << 20),
+                               timeout=30), 413)
+
+    def chunks():
+        yield json.dumps(user("hello")).encode()
+
+    resp = requests.post(br.url + "/v1/chat/completions", data=chunks(), timeout=30,
+                         headers={"Content-Type": "application/json"})
+    assert resp.status_code == 200 and resp.json()["choices"][0]["message"]["content"] == REPLY

@@ -58,6 +58,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 __all__ = ["FakeOllama", "start", "model_info", "DEFAULT_MODELS"]
 
+
+class _QuietServer(ThreadingHTTPServer):
+    """A peer that hangs up (or is killed) is normal here, not a traceback."""
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
 ERR_500 = "llama runner process has terminated: exit status 2"
 ERR_BUSY = "server busy, please try again.  maximum pending requests exceeded"
 ERR_BADREQ = "invalid options"
@@ -635,7 +643,7 @@ class FakeOllama:
         self._lock = threading.Lock()
         self._conns = set()
         self._stopping = threading.Event()
-        self._httpd = ThreadingHTTPServer((host, port), _Handler, bind_and_activate=False)
+        self._httpd = _QuietServer((host, port), _Handler, bind_and_activate=False)
         self._httpd.daemon_threads = True
         self._httpd.request_queue_size = 1024
         self._httpd.allow_reuse_address = True
