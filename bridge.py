@@ -833,6 +833,9 @@ class Run:
     timeout = 600.0  # seconds for the whole turn ...
     idle_timeout = 600.0  # ... and without any sign of life
     timeout_setting = idle_setting = "the limit"  # named in timeout messages
+    # Inline runs produce in the request's own thread: no handoff, but no heartbeats or
+    # disconnect checks while the backend is silent (its own read timeout bounds that).
+    inline = False
 
     def __init__(self, workers):
         self._workers = workers
@@ -840,28 +843,38 @@ class Run:
         self._cancelled = threading.Event()
         self._done = False  # the producer delivered "done": let it finish in peace
         self._finished = None  # set when the producer has returned
+        self._inline = None  # the events, when produced in the caller's thread
         self.usage = {}  # latest token counts known, for cancelled turns
 
     def start(self):
-        """Start the producer on a worker thread."""
+        """Start the producer on a worker thread (or inline)."""
+        if self.inline:
+            self._inline = self._safe_events()
+            return self
         self._finished = threading.Event()
         self._workers.submit(self._pump)
         return self
 
-    def _pump(self):
+    def _safe_events(self):
+        """produce()'s events, its exceptions as ("error", ...) events, then _END."""
         try:
             # Iterate to the end even after "done": the producer reaps its process there.
             for event in self.produce():
                 if event[0] == "done":
                     self._done = True
-                self._events.put(event)
+                yield event
         except BridgeError as exc:
-            self._events.put(("error", exc))
+            yield ("error", exc)
         except Exception as exc:  # a bug must still end the request cleanly
             log(f"backend crashed: {exc!r}")
-            self._events.put(("error", BackendFailed(f"backend failed: {exc}")))
+            yield ("error", BackendFailed(f"backend failed: {exc}"))
+        yield _END
+
+    def _pump(self):
+        try:
+            for event in self._safe_events():
+                self._events.put(event)
         finally:
-            self._events.put(_END)
             self._finished.set()
 
     def produce(self):
@@ -870,6 +883,8 @@ class Run:
 
     def get(self, timeout):
         """The next event, None after `timeout` seconds, or _END."""
+        if self._inline is not None:
+            return next(self._inline, _END)
         try:
             return self._events.get(timeout=timeout)
         except queue.Empty:
@@ -881,6 +896,8 @@ class Run:
 
     def close(self):
         """Release everything the run holds; a run still going is cancelled first."""
+        if self._inline is not None:
+            self._inline.close()  # runs the producer's finally blocks
         if self._finished is not None and self._done:
             # After a good reply the backend gets a moment to exit on its own (the CLI
             # writes its session file as it ends).
@@ -1444,6 +1461,11 @@ def _openai_tool_calls(calls):
     return out
 
 
+_JSON_HEADERS = {"Content-Type": "application/json"}
+# Keep-alive connections kept to Ollama; more concurrent calls open short-lived ones.
+_OLLAMA_POOL = 32
+
+
 def _response_socket(response):
     """The socket under a streamed `requests` response, to cut it from another thread."""
     connection = getattr(response.raw, "_connection", None)
@@ -1468,20 +1490,23 @@ class OllamaBackend:
         self.settings = settings
         self.workers = workers
         self.url = settings.ollama_url
+        self.chat_url = self.url + "/api/chat"
         self.timeout = (settings.ollama_connect_timeout, settings.ollama_timeout)
         self.histories = ChatHistories(settings.ollama_sessions, settings.ollama_session_ttl,
                                        settings.ollama_session_max_messages,
                                        settings.ollama_session_max_kb * 1024)
-        self._local = threading.local()
+        self._http = requests.Session()
+        self._http.trust_env = False  # a proxy from the environment must not catch localhost
+        # One pool for all threads: keep-alive connections are reused, and at most
+        # _OLLAMA_POOL stay open however many threads have called Ollama.
+        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=_OLLAMA_POOL)
+        self._http.mount("http://", adapter)
+        self._http.mount("https://", adapter)
         self._tags = (0.0, [])
 
     def http(self):
-        """This thread's requests session (connection reuse without sharing a pool)."""
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = self._local.session = requests.Session()
-            session.trust_env = False  # a proxy from the environment must not catch localhost
-        return session
+        """The requests session (thread-safe for what the bridge does: no cookies)."""
+        return self._http
 
     def unreachable(self, exc):
         """The 502 for an Ollama that does not answer."""
@@ -1536,6 +1561,7 @@ class OllamaRun(Run):
         self.timeout = float("inf")  # Ollama's own pace; OLLAMA_TIMEOUT bounds silence
         self.idle_timeout = backend.settings.ollama_timeout
         self.idle_setting = "OLLAMA_TIMEOUT"
+        self.inline = not chat.stream
         self.cost_usd = 0.0
         self.response = None
         self.session_held = False
@@ -1583,11 +1609,12 @@ class OllamaRun(Run):
 
     def produce(self):
         backend = self.backend
+        request = requests.PreparedRequest()
+        request.prepare(method="POST", url=backend.chat_url, headers=_JSON_HEADERS,
+                        data=_dumps(self.body).encode("utf-8"))
         try:
-            response = backend.http().post(backend.url + "/api/chat",
-                                           data=_dumps(self.body).encode("utf-8"),
-                                           headers={"Content-Type": "application/json"},
-                                           stream=True, timeout=backend.timeout)
+            # send() skips Session.request's merging of settings we never use.
+            response = backend.http().send(request, stream=True, timeout=backend.timeout)
         except requests.Timeout as exc:
             if isinstance(exc, requests.ConnectTimeout):
                 raise backend.unreachable(exc) from None

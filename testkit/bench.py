@@ -2,6 +2,12 @@
 
     python testkit/bench.py first-byte [--runs 30] [--real-cli PATH]
     python testkit/bench.py usage [--rows 1000000]
+    python testkit/bench.py overhead [--requests 2000]
+
+overhead: the bridge (`python bridge.py` in its own process) against a fast fake Ollama
+(another process), side by side with the same client calling that fake directly, in one
+run: latency p50/p95/p99 at concurrency 1 and 32, requests per second, the CPU the bridge
+spends per request, per-chunk delay and first byte of streams, and idle RSS.
 
 first-byte: time from sending a streaming request to the first SSE byte and to the first
 content chunk through the bridge, against the same fake `claude` run bare (time from
@@ -200,6 +206,177 @@ def usage(args):
     server.app.bridge.close()
 
 
+def _cpu_seconds(pid):
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_mib(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _pct(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] * 1000
+
+
+class _Client:
+    """A keep-alive HTTP/1.1 client on one connection (the same for both sides)."""
+
+    def __init__(self, port):
+        import http.client
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+    def post(self, path, body):
+        self.conn.request("POST", path, body=body,
+                          headers={"Content-Type": "application/json"})
+        resp = self.conn.getresponse()
+        data = resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"{resp.status}: {data[:200]!r}")
+        return data
+
+
+def _load(port, path, body, total, concurrency):
+    """(latencies, seconds) for `total` requests over `concurrency` connections."""
+    latencies = []
+    lock = threading.Lock()
+    per = total // concurrency
+
+    def worker():
+        client = _Client(port)
+        mine = []
+        for _ in range(per):
+            t = time.perf_counter()
+            client.post(path, body)
+            mine.append(time.perf_counter() - t)
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return latencies, time.perf_counter() - t0
+
+
+def overhead(args):
+    tmp = tempfile.mkdtemp(prefix="bench-overhead-")
+    fake = subprocess.Popen([sys.executable, str(ROOT / "testkit" / "fake_ollama.py"),
+                             "--port", "0"], stdout=subprocess.PIPE, text=True)
+    fake_url = fake.stdout.readline().split()[-1]
+    fake_port = int(fake_url.rsplit(":", 1)[1])
+    env = {**os.environ, "PORT": "0", "OLLAMA_URL": fake_url, "CLAUDE_WORKDIR": tmp,
+           "USAGE_DB_PATH": os.path.join(tmp, "usage.db"), "THREADS": "64"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bridge.py")], env=env,
+                            stderr=subprocess.PIPE, text=True)
+    port = None
+    for line in proc.stderr:
+        if "listening on" in line:
+            port = int(line.rsplit(":", 1)[1].split("/")[0])
+            break
+    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+    try:
+        time.sleep(0.5)
+        idle_rss = _rss_mib(proc.pid)
+        direct_body = json.dumps({"model": "llama3.2", "stream": False, "messages": [
+            {"role": "user", "content": "hello"}]}).encode()
+        bridge_body = json.dumps({"model": "ollama/llama3.2", "messages": [
+            {"role": "user", "content": "hello"}]}).encode()
+        sides = {"direct": (fake_port, "/api/chat", direct_body),
+                 "bridge": (port, "/v1/chat/completions", bridge_body)}
+        for side in sides.values():
+            _load(*side, 200, 4)  # warm-up: connections, pools, caches
+        print(f"non-streamed chat, {args.requests} requests per cell, fake Ollama in its own "
+              "process")
+        print(f"{'conc':>4} {'side':7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
+              f"{'req/s':>8}")
+        results = {}
+        for concurrency in (1, 32):
+            for name in ("direct", "bridge", "direct", "bridge"):  # interleaved twice
+                cpu0 = _cpu_seconds(proc.pid)
+                lat, secs = _load(*sides[name], args.requests, concurrency)
+                cpu = _cpu_seconds(proc.pid) - cpu0
+                results.setdefault((concurrency, name), []).append((lat, secs, cpu))
+            for name in ("direct", "bridge"):
+                lat = [x for run in results[(concurrency, name)] for x in run[0]]
+                secs = sum(run[1] for run in results[(concurrency, name)])
+                print(f"{concurrency:4} {name:7} {_pct(lat, .5):8.2f} {_pct(lat, .95):8.2f} "
+                      f"{_pct(lat, .99):8.2f} {len(lat) / secs:8.0f}")
+        for concurrency in (1, 32):
+            d = [x for run in results[(concurrency, "direct")] for x in run[0]]
+            b = [x for run in results[(concurrency, "bridge")] for x in run[0]]
+            cpu = sum(run[2] for run in results[(concurrency, "bridge")]) / len(b) * 1000
+            print(f"concurrency {concurrency}: added p50 {_pct(b, .5) - _pct(d, .5):.2f} ms, "
+                  f"bridge/direct p50 {_pct(b, .5) / _pct(d, .5):.2f}x, "
+                  f"bridge CPU {cpu:.2f} ms per request")
+        b1 = [x for run in results[(1, "bridge")] for x in run[0]]
+        b32 = [x for run in results[(32, "bridge")] for x in run[0]]
+        rps1 = len(b1) / sum(r[1] for r in results[(1, "bridge")])
+        rps32 = len(b32) / sum(r[1] for r in results[(32, "bridge")])
+        print(f"bridge req/s at 32 vs 1 connection: {rps32 / rps1:.2f}x; "
+              f"p99/p50 at 32: {_pct(b32, .99) / _pct(b32, .5):.2f}")
+        _stream_delay(port, fake_port)
+        print(f"idle RSS of the bridge: {idle_rss:.1f} MiB")
+    finally:
+        proc.terminate()
+        proc.wait()
+        fake.terminate()
+        fake.wait()
+
+
+def _stream_delay(port, fake_port, pieces=20, gap_ms=20, runs=10):
+    """Per-chunk delay: the same chunks timed upstream (direct) and through the bridge."""
+    import http.client
+
+    def timings(port, path, body):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        t0 = time.perf_counter()
+        conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        stamps = []
+        first_byte = None
+        buf = b""
+        while True:
+            chunk = resp.read1(65536)
+            if not chunk:
+                break
+            now = time.perf_counter() - t0
+            if first_byte is None:
+                first_byte = now
+            buf += chunk
+            while b"tick" in buf:
+                cut = buf.index(b"tick") + 4
+                stamps.append(now)
+                buf = buf[cut:]
+        conn.close()
+        return first_byte, stamps
+
+    text = f"[ollama:slow:{pieces}:{gap_ms}]"
+    direct = json.dumps({"model": "llama3.2", "stream": True,
+                         "messages": [{"role": "user", "content": text}]}).encode()
+    bridged = json.dumps({"model": "ollama/llama3.2", "stream": True,
+                          "messages": [{"role": "user", "content": text}]}).encode()
+    delays, fb_d, fb_b, counts = [], [], [], []
+    for _ in range(runs):
+        fd, sd = timings(fake_port, "/api/chat", direct)
+        fbb, sb = timings(port, "/v1/chat/completions", bridged)
+        counts.append(len(sb))
+        delays.extend(b - d for d, b in zip(sd, sb))
+        fb_d.append(fd)
+        fb_b.append(fbb)
+    print(f"streaming ({pieces} chunks {gap_ms} ms apart, {runs} runs): chunks seen "
+          f"{min(counts)}-{max(counts)} of {pieces}; per-chunk delay through the bridge "
+          f"p50 {statistics.median(delays) * 1000:.2f} ms, p95 {_pct(delays, .95):.2f} ms; "
+          f"first byte direct {statistics.median(fb_d) * 1000:.2f} ms, "
+          f"bridge {statistics.median(fb_b) * 1000:.2f} ms")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -209,8 +386,10 @@ def main():
     fb.add_argument("--real-cli", default=None)
     us = sub.add_parser("usage")
     us.add_argument("--rows", type=int, default=1_000_000)
+    ov = sub.add_parser("overhead")
+    ov.add_argument("--requests", type=int, default=2000)
     args = parser.parse_args()
-    {"first-byte": first_byte, "usage": usage}[args.command](args)
+    {"first-byte": first_byte, "usage": usage, "overhead": overhead}[args.command](args)
 
 
 if __name__ == "__main__":
