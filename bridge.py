@@ -125,6 +125,10 @@ SETTINGS = (
             "CLIs running at once (each needs 200-300 MB)."),
     Setting("CLAUDE_QUEUE_TIMEOUT", "30", _seconds,
             "Seconds a request waits for a free CLI slot before a 429."),
+    Setting("CLAUDE_WARM_POOL", "1", _int_between(0, 16),
+            "Pre-started CLIs kept per model and system prompt (0 = off)."),
+    Setting("CLAUDE_WARM_KEYS", "4", _int_between(1, 64),
+            "Model and system prompt pairs kept warm (least recently used dropped)."),
     Setting("CLAUDE_AUTH_KEY", "", _text,
             "If set, clients must send `Authorization: Bearer <key>` (all routes but /health)."),
     Setting("OLLAMA_URL", "http://localhost:11434", _http_url, "Base URL of the Ollama server."),
@@ -954,6 +958,7 @@ class ClaudeBackend:
         self.procs = set()  # live CLI processes, for shutdown
         self.procs_lock = threading.Lock()
         self._health = (0.0, None)
+        self.pool = WarmPool(self, settings.claude_warm_pool, settings.claude_warm_keys)
 
     def binary(self):
         """Absolute path of the CLI, or raise BackendUnavailable saying how to get it."""
@@ -1000,17 +1005,12 @@ class ClaudeBackend:
 
     def open(self, chat):
         """Start a turn for a parsed chat request."""
-        for i, m in enumerate(chat.messages):
-            if m["images"]:
-                raise InvalidRequest(
-                    "The claude backend does not take images yet; send text, or use an "
-                    "ollama/ vision model.", param=f"messages[{i}].content")
         return ClaudeRun(self, chat)
 
     def argv(self, binary, model, system, session_flags):
         """The CLI's argv: only flags and values the bridge checked, never the prompt."""
-        argv = [binary, "-p", "--output-format", "stream-json", "--verbose",
-                "--include-partial-messages"]
+        argv = [binary, "-p", "--input-format", "stream-json", "--output-format", "stream-json",
+                "--verbose", "--include-partial-messages"]
         if model != "claude-code":
             argv.append("--model=" + model)
         if system:
@@ -1045,11 +1045,118 @@ class ClaudeBackend:
             self.procs.discard(proc)
 
     def shutdown(self):
-        """End every CLI still running."""
+        """End every CLI still running, warm ones included."""
+        self.pool.shutdown()
         with self.procs_lock:
             procs = list(self.procs)
         for proc in procs:
             self.reap(proc)
+
+    def acquire_slot(self, timeout):
+        """A CLI slot: a free one, else one an idle warm CLI gives up, else wait."""
+        if self.slots.acquire(blocking=False):
+            return True
+        if self.pool.evict_one():
+            return self.slots.acquire(timeout=timeout)
+        return self.slots.acquire(timeout=timeout)
+
+
+# A warm CLI older than this is replaced rather than used (it may hold stale state).
+_WARM_MAX_AGE_SECONDS = 600
+
+
+class WarmPool:
+    """Pre-started stateless CLIs in `--input-format stream-json` mode, waiting for their
+    first message, keyed by everything fixed at start (model, system prompt). Each serves
+    one request and is then ended; the pool refills in the background. Every warm CLI
+    holds one of the CLAUDE_MAX_CONCURRENCY slots, and gives it up when a request needs
+    it."""
+
+    def __init__(self, backend, size, max_keys):
+        self.backend = backend
+        self.size = size
+        self.max_keys = max_keys
+        self.lock = threading.Lock()
+        self.idle = collections.OrderedDict()  # key -> [(proc, stderr tail, started)]
+        self.closed = False
+
+    def take(self, key):
+        """An idle warm CLI for key (its slot comes with it), or None."""
+        if not self.size:
+            return None
+        while True:
+            with self.lock:
+                entries = self.idle.get(key)
+                if not entries:
+                    return None
+                entry = entries.pop(0)
+                self.idle.move_to_end(key)
+            proc, tail, started = entry
+            if proc.poll() is None and time.monotonic() - started < _WARM_MAX_AGE_SECONDS:
+                return proc, tail
+            self._discard(entry)  # died or too old: never hand it out
+
+    def want(self, key):
+        """Fill key's place in the pool in the background."""
+        if self.size and not self.closed:
+            self.backend.workers.submit(lambda: self._fill(key))
+
+    def _fill(self, key):
+        while not self.closed:
+            with self.lock:
+                have = len(self.idle.get(key, ()))
+            if have >= self.size or not self.backend.slots.acquire(blocking=False):
+                return
+            try:
+                model, system = key
+                proc = self.backend.spawn(self.backend.argv(
+                    self.backend.binary(), model, system, ["--no-session-persistence"]))
+            except BridgeError:
+                self.backend.slots.release()
+                return
+            entry = (proc, _StderrTail(proc.stderr), time.monotonic())
+            dropped = []
+            with self.lock:
+                if self.closed:
+                    dropped.append(entry)
+                else:
+                    self.idle.setdefault(key, []).append(entry)
+                    self.idle.move_to_end(key)
+                    while len(self.idle) > self.max_keys:
+                        dropped.extend(self.idle.popitem(last=False)[1])
+            for old in dropped:
+                self._discard(old)
+
+    def evict_one(self):
+        """End the least recently used idle warm CLI, freeing its slot; False if none."""
+        with self.lock:
+            for key, entries in self.idle.items():
+                if entries:
+                    entry = entries.pop(0)
+                    break
+            else:
+                return False
+        self._discard(entry)
+        return True
+
+    def _discard(self, entry):
+        proc, _, _ = entry
+        self.backend.reap(proc)
+        self.backend.slots.release()
+
+    def count(self):
+        """Idle warm CLIs."""
+        with self.lock:
+            return sum(len(v) for v in self.idle.values())
+
+    def shutdown(self):
+        """End every idle warm CLI."""
+        with self.lock:
+            self.closed = True
+            entries = [e for v in self.idle.values() for e in v]
+            self.idle.clear()
+        for entry in entries:
+            self._discard(entry)
 
 
 class _StderrTail:
@@ -1091,6 +1198,18 @@ def _claude_usage(usage):
 _NO_CONVERSATION = "No conversation found"
 
 
+def _claude_image(url, param):
+    """An OpenAI image URL as an Anthropic image content block."""
+    match = re.match(r"^data:(image/[A-Za-z0-9.+-]+);base64,(.*)$", url, re.S)
+    if match:
+        return {"type": "image", "source": {"type": "base64", "media_type": match.group(1),
+                                            "data": re.sub(r"\s+", "", match.group(2))}}
+    if url.startswith(("http://", "https://")):
+        return {"type": "image", "source": {"type": "url", "url": url}}
+    raise InvalidRequest("An image URL must be 'data:image/...;base64,...' or http(s).",
+                         param=param)
+
+
 class ClaudeRun(Run):
     """One request through the CLI, with the session's resume / heal logic."""
 
@@ -1108,6 +1227,9 @@ class ClaudeRun(Run):
         self.slot_held = False
         self.cost_usd = 0.0
         binary = backend.binary()  # 503 at once when missing
+        self.images = [_claude_image(url, f"messages[{i}].content")
+                       for i, m in enumerate(chat.messages) for url in m["images"]]
+        self.warm = None
         # Turns of one session run one at a time: concurrent resumes lose a turn.
         if chat.session_id is not None:
             if not backend.session_locks.acquire(chat.session_id, settings.claude_queue_timeout):
@@ -1115,8 +1237,11 @@ class ClaudeRun(Run):
                                   "running; send turns of one session one at a time.",
                                   headers={"Retry-After": "5"})
             self.session_held = True
+        self.warm_key = (chat.model, chat.system_text())
+        # A stateless request takes a warm CLI (and its slot) when there is one.
+        self.warm = backend.pool.take(self.warm_key) if chat.session_id is None else None
         try:
-            if not backend.slots.acquire(timeout=settings.claude_queue_timeout):
+            if self.warm is None and not backend.acquire_slot(settings.claude_queue_timeout):
                 raise RateLimited(
                     f"All {settings.claude_max_concurrency} Claude slots are busy "
                     f"(CLAUDE_MAX_CONCURRENCY); try again shortly.",
@@ -1151,7 +1276,14 @@ class ClaudeRun(Run):
             proc, self.proc = self.proc, None
         if proc is not None:
             self.backend.reap(proc)
+        if self.warm is not None:  # taken but never used (cancelled before it ran)
+            self.backend.reap(self.warm[0])
+            self.warm = None
         self._release()
+        if self.chat.session_id is None:
+            # Warm or cold, the next request like this one finds a CLI waiting (and may
+            # use the slot this one just gave back).
+            self.backend.pool.want(self.warm_key)
 
     def produce(self):
         chat, backend = self.chat, self.backend
@@ -1181,12 +1313,22 @@ class ClaudeRun(Run):
         """Run one CLI; returns "heal" if a resumed session turned out to be gone."""
         if self._cancelled.is_set():
             return None
-        proc = self.backend.spawn(self.backend.argv(self.binary, model, system, session_flags))
+        was_warm = self.warm is not None
+        if was_warm:
+            (proc, stderr), self.warm = self.warm, None
+        else:
+            proc = self.backend.spawn(self.backend.argv(self.binary, model, system,
+                                                        session_flags))
+            stderr = _StderrTail(proc.stderr)
         with self.proc_lock:
             self.proc = proc
-        stderr = _StderrTail(proc.stderr)
+        content = prompt
+        if self.images:
+            content = [{"type": "text", "text": prompt}, *self.images]
+        line = _dumps({"type": "user", "message": {"role": "user", "content": content}})
         try:
-            proc.stdin.write(prompt.encode("utf-8"))
+            # One message, then EOF: the CLI answers it and exits.
+            proc.stdin.write(line.encode("utf-8") + b"\n")
         except (BrokenPipeError, OSError):
             pass  # it died early; its exit tells why
         finally:
@@ -1214,6 +1356,11 @@ class ClaudeRun(Run):
             self._forget(proc)
             if self._cancelled.is_set():
                 return None
+            if was_warm and parser.lines == 0:
+                # The warm CLI died while waiting, before it said anything: start afresh.
+                log(f"warm claude pid {proc.pid} was dead ({message}); running a new one")
+                return (yield from self._attempt(model, system, session_flags, prompt,
+                                                 session, heal))
             if heal and not parser.sent_text and _NO_CONVERSATION in message:
                 return "heal"
             yield ("error", BackendFailed(message))
@@ -1253,6 +1400,7 @@ class _ClaudeEvents:
 
     def __init__(self):
         self.result = None
+        self.lines = 0
         self.sent_text = False
         self.streamed = {}  # (message id, block index) -> text already sent
         self.assistant_blocks = collections.Counter()  # message id -> assistant lines seen
@@ -1262,6 +1410,7 @@ class _ClaudeEvents:
 
     def feed(self, raw):
         """Events for one stdout line."""
+        self.lines += 1
         try:
             obj = json.loads(raw)
         except ValueError:

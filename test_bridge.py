@@ -41,8 +41,10 @@ class Running:
         self.tmp = tmp
         self.log_dir = tmp / "fake-log"
         self.log_dir.mkdir(exist_ok=True)
+        # No warm CLIs unless a test asks: the other tests count the CLIs they start.
         base = {"PORT": "0", "CLAUDE_BIN": str(FAKE_CLAUDE), "CLAUDE_WORKDIR": str(tmp),
-                "USAGE_DB_PATH": str(tmp / "usage.db"), "THREADS": "16"}
+                "USAGE_DB_PATH": str(tmp / "usage.db"), "THREADS": "16",
+                "CLAUDE_WARM_POOL": "0"}
         base.update(env)
         self.settings = bridge.load_settings(environ=base)
         self.server = bridge.create_server(self.settings)
@@ -113,6 +115,15 @@ def start(tmp_path, monkeypatch):
 @pytest.fixture
 def br(start):
     return start()
+
+
+def prompt_of(run):
+    """The prompt a fake CLI run was given (stream-json input: its one user message)."""
+    return run["turns"][0] if run.get("turns") else run["stdin"]
+
+
+FIXED_ARGV = ["-p", "--input-format", "stream-json", "--output-format", "stream-json",
+              "--verbose", "--include-partial-messages"]
 
 
 def user(text):
@@ -231,10 +242,9 @@ def test_cli_gets_prompt_on_stdin_and_fixed_flags(br, monkeypatch):
     br.client().chat.completions.create(
         model="claude-code", messages=[{"role": "user", "content": "-p --help hello"}])
     (run,) = br.chat_runs()
-    assert run["stdin"] == "-p --help hello"
+    assert prompt_of(run) == "-p --help hello"
     assert "-p --help hello" not in " ".join(run["argv"])
-    assert run["argv"][:5] == ["-p", "--output-format", "stream-json", "--verbose",
-                               "--include-partial-messages"]
+    assert run["argv"][:7] == FIXED_ARGV
     assert not any(a.startswith("--model") for a in run["argv"])
     assert "--dangerously-skip-permissions" not in run["argv"]
     assert "--no-session-persistence" in run["argv"]
@@ -322,7 +332,7 @@ def test_system_messages_go_to_append_system_prompt(br):
         {"role": "user", "content": "hello"}])
     (run,) = br.chat_runs()
     assert "--append-system-prompt=-be terse\n\nanswer in French" in run["argv"]
-    assert run["stdin"] == "hello"
+    assert prompt_of(run) == "hello"
 
 
 def test_system_prompt_can_replace_claude_codes_prompt(start):
@@ -340,7 +350,7 @@ def test_history_is_flattened_with_the_last_user_message_last(br):
         {"role": "assistant", "content": "Hello Ada."},
         {"role": "user", "content": [{"type": "text", "text": "What is my name?"}]}])
     (run,) = br.chat_runs()
-    prompt = run["stdin"]
+    prompt = prompt_of(run)
     assert prompt.index("[user]\nMy name is Ada.") < prompt.index("[assistant]\nHello Ada.")
     assert prompt.endswith("\n\nWhat is my name?")
 
@@ -351,7 +361,7 @@ def test_large_prompt_goes_through_stdin(br):
         model="claude-code", messages=[{"role": "user", "content": big}])
     assert f"len_last={len(big)}" in reply.choices[0].message.content
     (run,) = br.chat_runs()
-    assert len(run["stdin"]) == len(big)
+    assert len(prompt_of(run)) == len(big)
     assert sum(len(a) for a in run["argv"]) < 1000
 
 
@@ -444,10 +454,23 @@ def test_bad_requests_get_a_400_with_the_openai_error(br, body, param):
     assert "Traceback" not in resp.text
 
 
-def test_images_are_refused_by_the_claude_backend_for_now(br):
+def test_images_become_content_blocks_of_the_stream_json_message(br):
+    reply = br.post({"model": "claude-code", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}]})
+    assert reply.json()["choices"][0]["message"]["content"].endswith(
+        "to: what is this?[image][image]")
+    (run,) = br.chat_runs()
+    message = json.loads(run["stdin"])["message"]
+    assert message["content"] == [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                     "data": "AAAA"}},
+        {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}}]
     err = assert_error(br.post({"model": "claude-code", "messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}), 400)
-    assert "image" in err["message"]
+        {"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}]}]}), 400)
+    assert err["param"] == "messages[0].content"
 
 
 @pytest.mark.parametrize("value", ["x" * 129, "a\tb", "a\x85b", ""])
@@ -595,7 +618,7 @@ def test_session_first_turn_then_resume_with_only_the_new_message(br):
     claude_uuid = one["argv"][i + 1]
     assert uuid.UUID(claude_uuid)
     assert two["argv"][two["argv"].index("--resume") + 1] == claude_uuid
-    assert two["stdin"] == "What is my secret word?"
+    assert prompt_of(two) == "What is my secret word?"
     # total_cost_usd is cumulative: the second row holds only its own run's cost.
     rows = br.rows()
     assert [r["cost_usd"] for r in rows] == pytest.approx([0.0025006, 0.0025006])
@@ -631,7 +654,7 @@ def test_lost_claude_session_heals_from_the_clients_history(br, tmp_path):
     healed = runs[2]["argv"]
     new_uuid = healed[healed.index("--session-id") + 1]
     assert new_uuid != runs[0]["argv"][runs[0]["argv"].index("--session-id") + 1]
-    assert "[user]\none" in runs[2]["stdin"] and runs[2]["stdin"].endswith("two")
+    assert "[user]\none" in prompt_of(runs[2]) and prompt_of(runs[2]).endswith("two")
     # ... and the next turn resumes the healed session.
     client.chat.completions.create(model="claude-code", extra_headers=h,
                                    messages=[{"role": "user", "content": "three"}])
@@ -1443,6 +1466,7 @@ class BridgeProcess:
     def __init__(self, tmp, **env):
         self.tmp = tmp
         full = {**os.environ, "PORT": "0", "CLAUDE_BIN": str(FAKE_CLAUDE),
+                "CLAUDE_WARM_POOL": "0",
                 "CLAUDE_WORKDIR": str(tmp), "USAGE_DB_PATH": str(tmp / "usage.db"),
                 "FAKE_CLAUDE_LOG": str(tmp / "fake-log"),
                 "CLAUDE_CONFIG_DIR": str(tmp / "claude-config"), **env}
@@ -1571,7 +1595,7 @@ def test_load_at_ci_size():
     assert mixed["wrong_status"] == 0
     assert mixed["rows"] == mixed["expected_outcomes"]  # every request is one row
     before, after = figures["growth"]["before"], figures["growth"]["after"]
-    assert after["children"] == 0
+    assert after["children"] <= before["children"]  # only the warm CLIs, if any
     assert after["fds"] <= before["fds"] + 10
     assert after["threads"] <= before["threads"] + 10
     assert after["rss_mib"] <= before["rss_mib"] + 25
@@ -1602,9 +1626,8 @@ def test_session_ids_shaped_like_flags_never_reach_argv(br, value):
     (run,) = br.chat_runs()
     argv = run["argv"]
     # The fixed flags, then the bridge's own UUID: nothing of the header's value.
-    assert argv[:5] == ["-p", "--output-format", "stream-json", "--verbose",
-                        "--include-partial-messages"]
-    assert len(argv) == 7 and argv[5] == "--session-id" and uuid.UUID(argv[6])
+    assert argv[:7] == FIXED_ARGV
+    assert len(argv) == 9 and argv[7] == "--session-id" and uuid.UUID(argv[8])
 
 
 @pytest.mark.parametrize("raw", [b"a\x00b", b"a\nb", b"x" * 10_000])
@@ -1732,3 +1755,97 @@ def test_huge_body_is_413_and_chunked_bodies_work(start):
     resp = requests.post(br.url + "/v1/chat/completions", data=chunks(), timeout=30,
                          headers={"Content-Type": "application/json"})
     assert resp.status_code == 200 and resp.json()["choices"][0]["message"]["content"] == REPLY
+
+
+# ----------------------------------------------------------------------------------------
+# Warm Claude processes
+# ----------------------------------------------------------------------------------------
+
+def _idle_warm(br, count=1):
+    """Wait until `count` warm CLIs wait in the pool; their fake-log records."""
+    pool = br.app.bridge.claude.pool
+
+    def waiting():
+        return [r for r in br.chat_runs() if not r.get("turns") and alive(r["pid"])]
+
+    assert wait_until(lambda: pool.count() == count and len(waiting()) == count)
+    return waiting()
+
+
+def test_warm_cli_serves_the_next_stateless_request(start):
+    br = start(CLAUDE_WARM_POOL="1")
+    client = br.client()
+    first = client.chat.completions.create(model="claude-code",
+                                           messages=[{"role": "user", "content": "one"}])
+    assert first.choices[0].message.content.endswith("to: one")
+    (warm,) = _idle_warm(br)
+    second = client.chat.completions.create(model="claude-code",
+                                            messages=[{"role": "user", "content": "two"}])
+    assert second.choices[0].message.content.endswith("to: two")
+    served = {r["pid"]: r for r in br.chat_runs()}[warm["pid"]]
+    assert served["turns"] == ["two"]  # the pre-started CLI got the request
+    assert wait_until(lambda: not alive(warm["pid"]))  # ... and ended after it
+    (refill,) = _idle_warm(br)
+    assert refill["pid"] != warm["pid"]
+    assert all(len(r.get("turns", [])) <= 1 for r in br.chat_runs())
+
+
+def test_warm_cli_streams_and_is_keyed_by_model_and_system_prompt(start):
+    br = start(CLAUDE_WARM_POOL="1")
+    client = br.client()
+    client.chat.completions.create(model="claude-code",
+                                   messages=[{"role": "user", "content": "one"}])
+    (warm,) = _idle_warm(br)
+    # Another system prompt or model never gets that CLI: it started with other flags.
+    client.chat.completions.create(model="claude-code", messages=[
+        {"role": "system", "content": "be terse"}, {"role": "user", "content": "two"}])
+    client.chat.completions.create(model="sonnet",
+                                   messages=[{"role": "user", "content": "three"}])
+    runs = {r["pid"]: r for r in br.chat_runs()}
+    assert not runs[warm["pid"]].get("turns")
+    chunks = list(client.chat.completions.create(
+        model="claude-code", stream=True, messages=[{"role": "user", "content": "four"}]))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.endswith("to: four")
+    runs = {r["pid"]: r for r in br.chat_runs()}
+    assert runs[warm["pid"]]["turns"] == ["four"]
+    assert "--append-system-prompt=be terse" not in runs[warm["pid"]]["argv"]
+
+
+def test_warm_clis_count_within_the_concurrency_cap(start):
+    br = start(CLAUDE_WARM_POOL="1", CLAUDE_MAX_CONCURRENCY="1", CLAUDE_QUEUE_TIMEOUT="5")
+    client = br.client()
+    client.chat.completions.create(model="claude-code",
+                                   messages=[{"role": "user", "content": "one"}])
+    (warm,) = _idle_warm(br)  # it holds the only slot
+    reply = client.chat.completions.create(model="sonnet",
+                                           messages=[{"role": "user", "content": "two"}])
+    assert reply.choices[0].message.content.endswith("to: two")
+    assert wait_until(lambda: not alive(warm["pid"]))  # gave its slot up
+
+
+def test_a_warm_cli_that_died_is_never_used(start):
+    br = start(CLAUDE_WARM_POOL="1")
+    client = br.client()
+    client.chat.completions.create(model="claude-code",
+                                   messages=[{"role": "user", "content": "one"}])
+    (warm,) = _idle_warm(br)
+    os.kill(warm["pid"], signal.SIGKILL)
+    reply = client.chat.completions.create(model="claude-code",
+                                           messages=[{"role": "user", "content": "two"}])
+    assert reply.choices[0].message.content.endswith("to: two")
+
+
+def test_disconnect_on_a_warm_cli_ends_it_and_shutdown_ends_idle_ones(start):
+    br = start(CLAUDE_WARM_POOL="1")
+    br.post(user("one"))
+    (warm,) = _idle_warm(br)
+    resp = br.post({**user("[fake:slow:100:100]"), "stream": True}, stream=True)
+    for line in resp.iter_lines():
+        if b"tick1" in line:
+            break
+    resp.close()
+    assert wait_until(lambda: not alive(warm["pid"]), timeout=8)
+    (refill,) = _idle_warm(br)
+    br.stop()
+    assert wait_until(lambda: not alive(refill["pid"]), timeout=8)

@@ -42,7 +42,7 @@ def bare_cli(binary, prompt):
     """(first stdout line, first text delta) in seconds after spawn."""
     t0 = time.perf_counter()
     proc = subprocess.Popen([binary, *ARGV], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL)  # plain `claude -p`, text on stdin
     proc.stdin.write(prompt.encode())
     proc.stdin.close()
     first_line = first_delta = None
@@ -87,11 +87,12 @@ def median_ms(values):
 
 
 def first_byte(args):
-    rows = []
+    """Time to first text: a bare `claude -p` vs the bridge, cold and with a warm CLI."""
     tmp = tempfile.mkdtemp(prefix="bench-")
     os.environ.pop("FAKE_CLAUDE_LOG", None)
     os.environ["CLAUDE_CONFIG_DIR"] = os.path.join(tmp, "cfg")
-    targets = [("fake claude", str(FAKE_CLAUDE))]
+    # The fake CLI with the real one's start-up time, and the real CLI if given.
+    targets = [("fake claude (450 ms start)", str(FAKE_CLAUDE), {"FAKE_CLAUDE_STARTUP_MS": "450"})]
     if args.real_cli:
         from testkit import fake_anthropic
         api = fake_anthropic.start()
@@ -100,27 +101,36 @@ def first_byte(args):
             "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_TELEMETRY": "1",
             "DISABLE_AUTOUPDATER": "1", "CLAUDE_CODE_MAX_RETRIES": "0"})
         os.environ.pop("CLAUDE_CONFIG_DIR")
-        targets.append(("real claude 2.1.332", args.real_cli))
-    for name, binary in targets:
-        server, url = serve({"PORT": "0", "CLAUDE_BIN": binary, "CLAUDE_WORKDIR": tmp,
-                             "USAGE_DB_PATH": os.path.join(tmp, "usage.db")})
-        bare, via = [], []
-        through_bridge(url, "warm up")
+        targets.append(("real claude 2.1.332", args.real_cli, {}))
+    rows = []
+    for name, binary, extra in targets:
+        os.environ.update(extra)
+        servers = {}
+        for mode, pool in (("cold", "0"), ("warm", "1")):
+            servers[mode] = serve({"PORT": "0", "CLAUDE_BIN": binary, "CLAUDE_WORKDIR": tmp,
+                                   "CLAUDE_WARM_POOL": pool,
+                                   "USAGE_DB_PATH": os.path.join(tmp, f"{mode}.db")})
+            through_bridge(servers[mode][1], "warm up")
+        bare, cold, warm = [], [], []
         for i in range(args.runs):
-            # Interleave so drift on a noisy machine hits both sides alike.
+            # Interleaved, so drift on a noisy machine hits every column alike (and the
+            # warm pool has refilled by its turn).
             bare.append(bare_cli(binary, f"hello {i}"))
-            via.append(through_bridge(url, f"hello {i}"))
-        bridge.stop_server(server, server.thread)
-        server.app.bridge.close()
-        b_line, b_delta = (median_ms([b[k] for b in bare]) for k in (0, 1))
-        v_byte, v_content = (median_ms([v[k] for v in via]) for k in (0, 1))
-        rows.append((name, b_line, b_delta, v_byte, v_content))
-    print(f"first byte, median of {args.runs} interleaved runs (ms)")
-    print(f"{'backend':22} {'bare 1st line':>14} {'bare 1st delta':>15} "
-          f"{'bridge 1st byte':>16} {'bridge 1st text':>16} {'added (text)':>13}")
-    for name, b_line, b_delta, v_byte, v_content in rows:
-        print(f"{name:22} {b_line:14.1f} {b_delta:15.1f} {v_byte:16.1f} {v_content:16.1f} "
-              f"{v_content - b_delta:13.1f}")
+            cold.append(through_bridge(servers["cold"][1], f"hello {i}"))
+            warm.append(through_bridge(servers["warm"][1], f"hello {i}"))
+        for server, _ in servers.values():
+            bridge.stop_server(server, server.thread)
+            server.app.bridge.close()
+        for key in extra:
+            os.environ.pop(key)
+        rows.append((name, median_ms([b[0] for b in bare]), median_ms([b[1] for b in bare]),
+                     median_ms([c[1] for c in cold]), median_ms([w[1] for w in warm])))
+    print(f"time to first text, median of {args.runs} interleaved runs (ms)")
+    print(f"{'backend':28} {'bare 1st line':>13} {'bare 1st text':>13} {'bridge cold':>12} "
+          f"{'bridge warm':>12} {'cold-bare':>10} {'warm/bare':>10}")
+    for name, b_line, b_text, c_text, w_text in rows:
+        print(f"{name:28} {b_line:13.1f} {b_text:13.1f} {c_text:12.1f} {w_text:12.1f} "
+              f"{c_text - b_text:10.1f} {w_text / b_text:10.2f}")
 
 
 def usage(args):

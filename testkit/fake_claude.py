@@ -969,6 +969,7 @@ def main():
             continue
         turn_prompt = prompt_from_message(msg)
         Log.update(turns=Log.data.get("turns", []) + [turn_prompt])
+        s.init_done = False  # the real CLI prints system/init at the start of every turn
         run_turn(s, turn_prompt)
     finish(0)
 
