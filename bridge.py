@@ -60,6 +60,13 @@ def _seconds(raw):
     return value
 
 
+def _seconds_or_zero(raw):
+    value = float(raw.strip())
+    if not 0 <= value <= 86400:
+        raise ValueError("expected seconds, from 0 to 86400")
+    return value
+
+
 def _one_of(*choices):
     def parse(raw):
         value = raw.strip().lower()
@@ -129,6 +136,8 @@ SETTINGS = (
             "Pre-started CLIs kept per model and system prompt (0 = off)."),
     Setting("CLAUDE_WARM_KEYS", "4", _int_between(1, 64),
             "Model and system prompt pairs kept warm (least recently used dropped)."),
+    Setting("CLAUDE_SESSION_KEEPALIVE", "300", _seconds_or_zero,
+            "Seconds a session's CLI stays running between turns (0 = resume each turn)."),
     Setting("CLAUDE_AUTH_KEY", "", _text,
             "If set, clients must send `Authorization: Bearer <key>` (all routes but /health)."),
     Setting("OLLAMA_URL", "http://localhost:11434", _http_url, "Base URL of the Ollama server."),
@@ -959,6 +968,7 @@ class ClaudeBackend:
         self.procs_lock = threading.Lock()
         self._health = (0.0, None)
         self.pool = WarmPool(self, settings.claude_warm_pool, settings.claude_warm_keys)
+        self.live = LiveSessions(self, settings.claude_session_keepalive)
 
     def binary(self):
         """Absolute path of the CLI, or raise BackendUnavailable saying how to get it."""
@@ -1045,8 +1055,9 @@ class ClaudeBackend:
             self.procs.discard(proc)
 
     def shutdown(self):
-        """End every CLI still running, warm ones included."""
+        """End every CLI still running, warm and live ones included."""
         self.pool.shutdown()
+        self.live.shutdown()
         with self.procs_lock:
             procs = list(self.procs)
         for proc in procs:
@@ -1056,13 +1067,98 @@ class ClaudeBackend:
         """A CLI slot: a free one, else one an idle warm CLI gives up, else wait."""
         if self.slots.acquire(blocking=False):
             return True
-        if self.pool.evict_one():
-            return self.slots.acquire(timeout=timeout)
+        self.pool.evict_one() or self.live.evict_one()
         return self.slots.acquire(timeout=timeout)
 
 
 # A warm CLI older than this is replaced rather than used (it may hold stale state).
 _WARM_MAX_AGE_SECONDS = 600
+
+
+class LiveSessions:
+    """Session CLIs left running between turns (stdin open, waiting for the next message),
+    so a session's next turn is one more line instead of a `--resume` start. Each holds a
+    CLAUDE_MAX_CONCURRENCY slot, gives it up when a request needs it, and ends after
+    CLAUDE_SESSION_KEEPALIVE idle seconds; after that (or a restart) turns `--resume`."""
+
+    def __init__(self, backend, keepalive):
+        self.backend = backend
+        self.keepalive = keepalive
+        self.lock = threading.Lock()
+        self.items = collections.OrderedDict()  # client id -> (proc, tail, used, uuid, key)
+        self.reaper = None
+        self.closed = threading.Event()
+
+    def take(self, client_id, claude_uuid, key):
+        """The session's running CLI (and its slot) if it is the one to continue."""
+        with self.lock:
+            entry = self.items.pop(client_id, None)
+        if entry is None:
+            return None
+        proc, tail, _, running_uuid, running_key = entry
+        if running_uuid == claude_uuid and running_key == key and proc.poll() is None:
+            return proc, tail
+        self._discard(entry)  # other flags now, or gone: the turn resumes instead
+        return None
+
+    def park(self, client_id, proc, tail, claude_uuid, key):
+        """Keep a CLI that just answered a turn well, for the session's next turn."""
+        entry = (proc, tail, time.monotonic(), claude_uuid, key)
+        with self.lock:
+            if self.closed.is_set():
+                old = entry
+            else:
+                old = self.items.pop(client_id, None)
+                self.items[client_id] = entry
+                if self.reaper is None:
+                    self.reaper = threading.Thread(target=self._expire_loop, daemon=True,
+                                                   name="claude-live-reaper")
+                    self.reaper.start()
+        if old is not None:
+            self._discard(old)
+
+    def _expire_loop(self):
+        tick = max(0.05, min(self.keepalive / 4, 5.0))
+        while not self.closed.wait(tick):
+            now = time.monotonic()
+            with self.lock:
+                expired = [k for k, e in self.items.items() if now - e[2] > self.keepalive]
+                entries = [self.items.pop(k) for k in expired]
+            for entry in entries:
+                self._discard(entry)
+
+    def evict_one(self):
+        """End the least recently used live CLI, freeing its slot; False if none."""
+        with self.lock:
+            if not self.items:
+                return False
+            _, entry = self.items.popitem(last=False)
+        self._discard(entry)
+        return True
+
+    def _discard(self, entry):
+        proc = entry[0]
+        try:
+            proc.stdin.close()  # EOF: the CLI finishes its session file and exits
+            proc.wait(timeout=_KILL_GRACE_SECONDS)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        self.backend.reap(proc)
+        self.backend.slots.release()
+
+    def count(self):
+        """Live session CLIs."""
+        with self.lock:
+            return len(self.items)
+
+    def shutdown(self):
+        """End every live session CLI."""
+        with self.lock:
+            self.closed.set()
+            entries = list(self.items.values())
+            self.items.clear()
+        for entry in entries:
+            self._discard(entry)
 
 
 class WarmPool:
@@ -1140,7 +1236,7 @@ class WarmPool:
         return True
 
     def _discard(self, entry):
-        proc, _, _ = entry
+        proc = entry[0]
         self.backend.reap(proc)
         self.backend.slots.release()
 
@@ -1237,9 +1333,23 @@ class ClaudeRun(Run):
                                   "running; send turns of one session one at a time.",
                                   headers={"Retry-After": "5"})
             self.session_held = True
-        self.warm_key = (chat.model, chat.system_text())
-        # A stateless request takes a warm CLI (and its slot) when there is one.
-        self.warm = backend.pool.take(self.warm_key) if chat.session_id is None else None
+        system = chat.system_text()
+        if "\x00" in system or len(system.encode("utf-8")) > _MAX_ARG_BYTES:
+            self._release()
+            raise InvalidRequest(f"System messages must be under {_MAX_ARG_BYTES} bytes "
+                                 "without NUL characters (the CLI takes them as an argument).",
+                                 param="messages")
+        self.warm_key = (chat.model, system)
+        self.known = None  # the session's Claude UUID, workdir, cost so far
+        if chat.session_id is None:
+            # A stateless request takes a warm CLI (and its slot) when there is one.
+            self.warm = backend.pool.take(self.warm_key)
+        else:
+            known = backend.store.get_claude_session(chat.session_id)
+            if known is not None and known[1] == backend.workdir:
+                self.known = known
+                # ... a session's turn, its CLI still running from the turn before.
+                self.warm = backend.live.take(chat.session_id, known[0], self.warm_key)
         try:
             if self.warm is None and not backend.acquire_slot(settings.claude_queue_timeout):
                 raise RateLimited(
@@ -1279,6 +1389,7 @@ class ClaudeRun(Run):
         if self.warm is not None:  # taken but never used (cancelled before it ran)
             self.backend.reap(self.warm[0])
             self.warm = None
+            # (its slot is this run's, released below)
         self._release()
         if self.chat.session_id is None:
             # Warm or cold, the next request like this one finds a CLI waiting (and may
@@ -1290,11 +1401,20 @@ class ClaudeRun(Run):
         system = chat.system_text()
         model = chat.model
         if chat.session_id is None:
-            yield from self._attempt(model, system, ["--no-session-persistence"],
-                                     flatten_prompt(chat.messages))
+            stateless = (model, system, ["--no-session-persistence"],
+                         flatten_prompt(chat.messages))
+            if (yield from self._attempt(*stateless)) == "dead":
+                yield from self._attempt(*stateless)  # the warm CLI had died: a cold one
             return
-        known = backend.store.get_claude_session(chat.session_id)
-        if known is not None and known[1] == backend.workdir:
+        known = self.known
+        if known is not None and self.warm is not None:
+            claude_uuid, _, previous_cost = known
+            outcome = yield from self._attempt(
+                model, system, [], new_turn_prompt(chat.messages),
+                session=(claude_uuid, previous_cost))
+            if outcome != "dead":
+                return  # else the kept CLI had died: resume the session instead
+        if known is not None:
             claude_uuid, _, previous_cost = known
             outcome = yield from self._attempt(
                 model, system, ["--resume", claude_uuid], new_turn_prompt(chat.messages),
@@ -1310,11 +1430,15 @@ class ClaudeRun(Run):
                                  flatten_prompt(chat.messages), session=(claude_uuid, 0.0))
 
     def _attempt(self, model, system, session_flags, prompt, session=None, heal=False):
-        """Run one CLI; returns "heal" if a resumed session turned out to be gone."""
+        """Run one turn on a CLI: the one held for this request (warm or kept from the
+        session's last turn) or a new one. Returns "heal" if a resumed session turned out
+        to be gone, "dead" if the held CLI had died before it said anything."""
         if self._cancelled.is_set():
             return None
-        was_warm = self.warm is not None
-        if was_warm:
+        backend = self.backend
+        keep = session is not None and backend.live.keepalive > 0
+        was_held = self.warm is not None
+        if was_held:
             (proc, stderr), self.warm = self.warm, None
         else:
             proc = self.backend.spawn(self.backend.argv(self.binary, model, system,
@@ -1327,13 +1451,13 @@ class ClaudeRun(Run):
             content = [{"type": "text", "text": prompt}, *self.images]
         line = _dumps({"type": "user", "message": {"role": "user", "content": content}})
         try:
-            # One message, then EOF: the CLI answers it and exits.
             proc.stdin.write(line.encode("utf-8") + b"\n")
-        except (BrokenPipeError, OSError):
+            proc.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
             pass  # it died early; its exit tells why
-        finally:
+        if not keep:
             try:
-                proc.stdin.close()
+                proc.stdin.close()  # EOF after one message: the CLI answers it and exits
             except OSError:
                 pass
         parser = _ClaudeEvents()
@@ -1356,11 +1480,9 @@ class ClaudeRun(Run):
             self._forget(proc)
             if self._cancelled.is_set():
                 return None
-            if was_warm and parser.lines == 0:
-                # The warm CLI died while waiting, before it said anything: start afresh.
-                log(f"warm claude pid {proc.pid} was dead ({message}); running a new one")
-                return (yield from self._attempt(model, system, session_flags, prompt,
-                                                 session, heal))
+            if was_held and parser.lines == 0:
+                log(f"held claude pid {proc.pid} was dead ({message}); starting another")
+                return "dead"
             if heal and not parser.sent_text and _NO_CONVERSATION in message:
                 return "heal"
             yield ("error", BackendFailed(message))
@@ -1378,6 +1500,13 @@ class ClaudeRun(Run):
         stop = result.get("stop_reason")
         yield ("done", Final("length" if stop == "max_tokens" else "stop",
                              prompt_tokens, completion_tokens, cached, cost))
+        if keep and not self._cancelled.is_set():
+            # Keep it for the session's next turn; its slot goes with it.
+            with self.proc_lock:
+                self.proc = None
+            self.slot_held = False
+            backend.live.park(self.chat.session_id, proc, stderr, session[0], self.warm_key)
+            return None
         # The reply is on its way; now let the CLI exit (or end it) and reap it.
         for _ in proc.stdout:
             pass
@@ -1710,7 +1839,9 @@ class OllamaRun(Run):
         self.timeout = float("inf")  # Ollama's own pace; OLLAMA_TIMEOUT bounds silence
         self.idle_timeout = backend.settings.ollama_timeout
         self.idle_setting = "OLLAMA_TIMEOUT"
-        self.inline = not chat.stream
+        # Ollama streams steadily once it generates, so producing in the request thread
+        # costs nothing but the silent-phase checks, and saves a thread handoff per chunk.
+        self.inline = True
         self.cost_usd = 0.0
         self.response = None
         self.session_held = False
@@ -2576,7 +2707,10 @@ def stop_server(server, thread, timeout=5.0):
     """Stop a server whose run() loop is in `thread`, closing sockets in that loop."""
     from waitress import wasyncore
     # Closing the sockets from another thread races the poll loop; a thunk runs inside it.
-    server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+    try:
+        server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+    except OSError:  # the loop already closed its trigger
+        pass
     thread.join(timeout)
     server.task_dispatcher.shutdown(timeout=timeout)
     if thread.is_alive():

@@ -44,7 +44,7 @@ class Running:
         # No warm CLIs unless a test asks: the other tests count the CLIs they start.
         base = {"PORT": "0", "CLAUDE_BIN": str(FAKE_CLAUDE), "CLAUDE_WORKDIR": str(tmp),
                 "USAGE_DB_PATH": str(tmp / "usage.db"), "THREADS": "16",
-                "CLAUDE_WARM_POOL": "0"}
+                "CLAUDE_WARM_POOL": "0", "CLAUDE_SESSION_KEEPALIVE": "0"}
         base.update(env)
         self.settings = bridge.load_settings(environ=base)
         self.server = bridge.create_server(self.settings)
@@ -1466,7 +1466,7 @@ class BridgeProcess:
     def __init__(self, tmp, **env):
         self.tmp = tmp
         full = {**os.environ, "PORT": "0", "CLAUDE_BIN": str(FAKE_CLAUDE),
-                "CLAUDE_WARM_POOL": "0",
+                "CLAUDE_WARM_POOL": "0", "CLAUDE_SESSION_KEEPALIVE": "0",
                 "CLAUDE_WORKDIR": str(tmp), "USAGE_DB_PATH": str(tmp / "usage.db"),
                 "FAKE_CLAUDE_LOG": str(tmp / "fake-log"),
                 "CLAUDE_CONFIG_DIR": str(tmp / "claude-config"), **env}
@@ -1849,3 +1849,82 @@ def test_disconnect_on_a_warm_cli_ends_it_and_shutdown_ends_idle_ones(start):
     (refill,) = _idle_warm(br)
     br.stop()
     assert wait_until(lambda: not alive(refill["pid"]), timeout=8)
+
+
+def test_a_sessions_cli_stays_running_between_turns(start):
+    br = start(CLAUDE_SESSION_KEEPALIVE="30")
+    client = br.client()
+    h = {"X-Session-ID": "live"}
+    for text in ("one", "two", "three"):
+        reply = client.chat.completions.create(model="claude-code", extra_headers=h,
+                                               messages=[{"role": "user", "content": text}])
+    assert "msgs=6" in reply.choices[0].message.content
+    (run,) = br.chat_runs()  # one CLI served the three turns
+    assert run["turns"] == ["one", "two", "three"] and alive(run["pid"])
+    assert "--session-id" in run["argv"]
+    rows = br.rows()
+    assert [r["cost_usd"] for r in rows] == pytest.approx([0.0025006] * 3)
+    # A stream on the kept CLI, then another session's turns run beside it.
+    chunks = list(client.chat.completions.create(
+        model="claude-code", stream=True, extra_headers=h,
+        messages=[{"role": "user", "content": "four"}]))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks
+                   if c.choices).endswith("to: four")
+    assert len(br.chat_runs()) == 1
+    br.stop()
+    assert wait_until(lambda: not alive(run["pid"]))
+
+
+def test_an_idle_sessions_cli_expires_then_the_session_resumes(start):
+    br = start(CLAUDE_SESSION_KEEPALIVE="0.5")
+    h = {"X-Session-ID": "short"}
+    br.post(user("one"), headers=h)
+    (first,) = br.chat_runs()
+    assert wait_until(lambda: not alive(first["pid"]), timeout=5)
+    reply = br.post(user("two"), headers=h).json()
+    assert "msgs=4" in reply["choices"][0]["message"]["content"]
+    second = [r for r in br.chat_runs() if r["pid"] != first["pid"]][0]
+    assert "--resume" in second["argv"]
+
+
+def test_a_kept_cli_is_dropped_when_it_died_or_the_flags_changed(start):
+    br = start(CLAUDE_SESSION_KEEPALIVE="30")
+    h = {"X-Session-ID": "fragile"}
+    br.post(user("one"), headers=h)
+    (first,) = br.chat_runs()
+    os.kill(first["pid"], signal.SIGKILL)
+    reply = br.post(user("two"), headers=h).json()
+    assert "msgs=4" in reply["choices"][0]["message"]["content"]
+    runs = br.chat_runs()
+    assert len(runs) == 2 and "--resume" in runs[1]["argv"]
+    reply = br.post({**user("three"), "model": "sonnet"}, headers=h).json()
+    assert "model=claude-sonnet-5-5" in reply["choices"][0]["message"]["content"]
+    runs = br.chat_runs()
+    assert len(runs) == 3 and "--model=sonnet" in runs[2]["argv"]
+    assert wait_until(lambda: not alive(runs[1]["pid"]))
+
+
+def test_kept_clis_give_their_slot_to_other_requests(start):
+    br = start(CLAUDE_SESSION_KEEPALIVE="30", CLAUDE_MAX_CONCURRENCY="1",
+               CLAUDE_QUEUE_TIMEOUT="5")
+    br.post(user("one"), headers={"X-Session-ID": "a"})
+    (kept,) = br.chat_runs()
+    assert br.post(user("other"), headers={"X-Session-ID": "b"}).status_code == 200
+    assert wait_until(lambda: not alive(kept["pid"]))
+    reply = br.post(user("two"), headers={"X-Session-ID": "a"}).json()
+    assert "msgs=4" in reply["choices"][0]["message"]["content"]  # resumed
+
+
+def test_disconnect_mid_turn_on_a_kept_cli_ends_it(start):
+    br = start(CLAUDE_SESSION_KEEPALIVE="30")
+    h = {"X-Session-ID": "cut"}
+    br.post(user("one"), headers=h)
+    (kept,) = br.chat_runs()
+    resp = br.post({**user("[fake:slow:100:100]"), "stream": True}, headers=h, stream=True)
+    for line in resp.iter_lines():
+        if b"tick1" in line:
+            break
+    resp.close()
+    assert wait_until(lambda: not alive(kept["pid"]), timeout=8)
+    reply = br.post(user("two"), headers=h).json()
+    assert reply["choices"][0]["message"]["content"].startswith("FAKE-REPLY")

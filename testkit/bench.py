@@ -56,14 +56,15 @@ def bare_cli(binary, prompt):
     return first_line, first_delta
 
 
-def through_bridge(url, prompt):
+def through_bridge(url, prompt, session=None):
     """(first SSE byte, first content chunk) in seconds after the request was sent."""
     body = {"model": "claude-code", "stream": True,
             "messages": [{"role": "user", "content": prompt}]}
+    headers = {"X-Session-ID": session} if session else {}
     t0 = time.perf_counter()
     first_byte = first_content = None
     with requests.post(url + "/v1/chat/completions", json=body, stream=True,
-                       timeout=60) as resp:
+                       headers=headers, timeout=60) as resp:
         for line in resp.iter_lines():
             now = time.perf_counter() - t0
             if first_byte is None:
@@ -106,31 +107,37 @@ def first_byte(args):
     for name, binary, extra in targets:
         os.environ.update(extra)
         servers = {}
-        for mode, pool in (("cold", "0"), ("warm", "1")):
+        # Apart, so session CLIs kept alive never take the warm pool's slots.
+        for mode, pool, keep in (("cold", "0", "0"), ("warm", "1", "0"),
+                                 ("session", "0", "300")):
             servers[mode] = serve({"PORT": "0", "CLAUDE_BIN": binary, "CLAUDE_WORKDIR": tmp,
-                                   "CLAUDE_WARM_POOL": pool,
+                                   "CLAUDE_WARM_POOL": pool, "CLAUDE_SESSION_KEEPALIVE": keep,
                                    "USAGE_DB_PATH": os.path.join(tmp, f"{mode}.db")})
             through_bridge(servers[mode][1], "warm up")
-        bare, cold, warm = [], [], []
+        bare, cold, warm, second = [], [], [], []
         for i in range(args.runs):
             # Interleaved, so drift on a noisy machine hits every column alike (and the
             # warm pool has refilled by its turn).
             bare.append(bare_cli(binary, f"hello {i}"))
             cold.append(through_bridge(servers["cold"][1], f"hello {i}"))
             warm.append(through_bridge(servers["warm"][1], f"hello {i}"))
+            through_bridge(servers["session"][1], "first turn", session=f"s{i}")
+            second.append(through_bridge(servers["session"][1], "second turn",
+                                         session=f"s{i}"))
         for server, _ in servers.values():
             bridge.stop_server(server, server.thread)
             server.app.bridge.close()
         for key in extra:
             os.environ.pop(key)
         rows.append((name, median_ms([b[0] for b in bare]), median_ms([b[1] for b in bare]),
-                     median_ms([c[1] for c in cold]), median_ms([w[1] for w in warm])))
+                     median_ms([c[1] for c in cold]), median_ms([w[1] for w in warm]),
+                     median_ms([t[1] for t in second])))
     print(f"time to first text, median of {args.runs} interleaved runs (ms)")
     print(f"{'backend':28} {'bare 1st line':>13} {'bare 1st text':>13} {'bridge cold':>12} "
-          f"{'bridge warm':>12} {'cold-bare':>10} {'warm/bare':>10}")
-    for name, b_line, b_text, c_text, w_text in rows:
+          f"{'bridge warm':>12} {'session turn 2':>15} {'warm/bare':>10} {'turn2/bare':>11}")
+    for name, b_line, b_text, c_text, w_text, s_text in rows:
         print(f"{name:28} {b_line:13.1f} {b_text:13.1f} {c_text:12.1f} {w_text:12.1f} "
-              f"{c_text - b_text:10.1f} {w_text / b_text:10.2f}")
+              f"{s_text:15.1f} {w_text / b_text:10.2f} {s_text / b_text:11.2f}")
 
 
 def usage(args):
@@ -282,7 +289,7 @@ def overhead(args):
     fake_url = fake.stdout.readline().split()[-1]
     fake_port = int(fake_url.rsplit(":", 1)[1])
     env = {**os.environ, "PORT": "0", "OLLAMA_URL": fake_url, "CLAUDE_WORKDIR": tmp,
-           "USAGE_DB_PATH": os.path.join(tmp, "usage.db"), "THREADS": "64"}
+           "USAGE_DB_PATH": os.path.join(tmp, "usage.db"), "THREADS": str(args.threads)}
     proc = subprocess.Popen([sys.executable, str(ROOT / "bridge.py")], env=env,
                             stderr=subprocess.PIPE, text=True)
     port = None
@@ -332,7 +339,15 @@ def overhead(args):
         print(f"bridge req/s at 32 vs 1 connection: {rps32 / rps1:.2f}x; "
               f"p99/p50 at 32: {_pct(b32, .99) / _pct(b32, .5):.2f}")
         _stream_delay(port, fake_port)
-        print(f"idle RSS of the bridge: {idle_rss:.1f} MiB")
+        client = _Client(port)
+        for i in range(1000):  # 1,000 live Ollama conversations kept by the bridge
+            client.conn.request("POST", "/v1/chat/completions", body=json.dumps({
+                "model": "ollama/llama3.2", "messages": [
+                    {"role": "user", "content": f"session {i}: tell me something"}]}),
+                headers={"Content-Type": "application/json", "X-Session-ID": f"s-{i}"})
+            client.conn.getresponse().read()
+        print(f"RSS of the bridge: idle {idle_rss:.1f} MiB; with 1,000 live sessions "
+              f"{_rss_mib(proc.pid):.1f} MiB")
     finally:
         proc.terminate()
         proc.wait()
@@ -341,50 +356,54 @@ def overhead(args):
 
 
 def _stream_delay(port, fake_port, pieces=20, gap_ms=20, runs=10):
-    """Per-chunk delay: the same chunks timed upstream (direct) and through the bridge."""
+    """Per-chunk delay: each chunk carries the fake's send time (time.monotonic(), one
+    clock for all processes here); the client notes when it arrives, direct and through
+    the bridge, in the same run."""
     import http.client
+    import re as _re
 
-    def timings(port, path, body):
+    def delays(port, path, body):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        t0 = time.perf_counter()
+        t0 = time.monotonic()
         conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
         resp = conn.getresponse()
-        stamps = []
-        first_byte = None
-        buf = b""
+        out, first_byte, buf = [], None, b""
         while True:
             chunk = resp.read1(65536)
+            now = time.monotonic()
             if not chunk:
                 break
-            now = time.perf_counter() - t0
             if first_byte is None:
-                first_byte = now
+                first_byte = now - t0
             buf += chunk
-            while b"tick" in buf:
-                cut = buf.index(b"tick") + 4
-                stamps.append(now)
-                buf = buf[cut:]
+            end = 0
+            for match in _re.finditer(rb"tick\d+@(\d+\.\d+) ", buf):
+                out.append(now - float(match.group(1)))
+                end = match.end()
+            buf = buf[end:]
         conn.close()
-        return first_byte, stamps
+        return first_byte, out
 
-    text = f"[ollama:slow:{pieces}:{gap_ms}]"
+    text = f"[ollama:stamped:{pieces}:{gap_ms}]"
     direct = json.dumps({"model": "llama3.2", "stream": True,
                          "messages": [{"role": "user", "content": text}]}).encode()
     bridged = json.dumps({"model": "ollama/llama3.2", "stream": True,
                           "messages": [{"role": "user", "content": text}]}).encode()
-    delays, fb_d, fb_b, counts = [], [], [], []
+    d_all, b_all, fb_d, fb_b = [], [], [], []
     for _ in range(runs):
-        fd, sd = timings(fake_port, "/api/chat", direct)
-        fbb, sb = timings(port, "/v1/chat/completions", bridged)
-        counts.append(len(sb))
-        delays.extend(b - d for d, b in zip(sd, sb))
+        fd, dd = delays(fake_port, "/api/chat", direct)
+        fbb, bd = delays(port, "/v1/chat/completions", bridged)
+        d_all.extend(dd)
+        b_all.extend(bd)
         fb_d.append(fd)
         fb_b.append(fbb)
-    print(f"streaming ({pieces} chunks {gap_ms} ms apart, {runs} runs): chunks seen "
-          f"{min(counts)}-{max(counts)} of {pieces}; per-chunk delay through the bridge "
-          f"p50 {statistics.median(delays) * 1000:.2f} ms, p95 {_pct(delays, .95):.2f} ms; "
-          f"first byte direct {statistics.median(fb_d) * 1000:.2f} ms, "
-          f"bridge {statistics.median(fb_b) * 1000:.2f} ms")
+    added = statistics.median(b_all) - statistics.median(d_all)
+    print(f"streaming ({pieces} chunks {gap_ms} ms apart, {runs} runs): chunks seen direct "
+          f"{len(d_all)}, bridge {len(b_all)}; send-to-client delay per chunk: direct p50 "
+          f"{statistics.median(d_all) * 1000:.2f} ms, bridge p50 "
+          f"{statistics.median(b_all) * 1000:.2f} ms / p95 {_pct(b_all, .95):.2f} ms; added "
+          f"{added * 1000:.2f} ms; first byte direct {statistics.median(fb_d) * 1000:.2f} ms,"
+          f" bridge {statistics.median(fb_b) * 1000:.2f} ms")
 
 
 def main():
@@ -398,6 +417,7 @@ def main():
     us.add_argument("--rows", type=int, default=1_000_000)
     ov = sub.add_parser("overhead")
     ov.add_argument("--requests", type=int, default=2000)
+    ov.add_argument("--threads", type=int, default=64)
     args = parser.parse_args()
     {"first-byte": first_byte, "usage": usage, "overhead": overhead}[args.command](args)
 

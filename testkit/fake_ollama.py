@@ -34,6 +34,7 @@ scenarios (the first marker in the text wins):
                               (stream=false: 500 with that error, as the real server does)
     [ollama:no-done]          200, two pieces, then the body ends (stream=false: done=false object)
     [ollama:slow:N:MS]        N pieces "tick0 ", "tick1 ", ... MS ms apart (defaults 10, 100)
+    [ollama:stamped:N:MS]     the same, each piece "tick<i>@<time.monotonic() when sent> "
     [ollama:hang]             streaming: headers only, then nothing for 60 s or until stop();
                               stream=false: nothing at all (like a real server stuck loading)
 
@@ -156,7 +157,7 @@ def _split_pieces(text):
     return pieces
 
 
-_MARKER_RE = re.compile(r"\[ollama:(error-500|busy|badreq|midstream-error|no-done|slow|hang)"
+_MARKER_RE = re.compile(r"\[ollama:(error-500|busy|badreq|midstream-error|no-done|slow|stamped|hang)"
                         r"(?::(\d+))?(?::(\d+))?\]")
 
 
@@ -416,10 +417,13 @@ class _Handler(BaseHTTPRequestHandler):
         tool_calls = _find_tool_calls(last_user) if body.get("tools") else []
 
         gap = 0.0
-        if scenario == "slow":
+        if scenario in ("slow", "stamped"):
             count = int(params[0]) if params[0] is not None else 10
             gap = (int(params[1]) if params[1] is not None else 100) / 1000.0
-            pieces = [f"tick{i} " for i in range(count)]
+            # stamped: each piece carries time.monotonic() at the moment it is written
+            # (the same clock for every process here), for per-chunk delay benchmarks.
+            stamp = "@{now}" if scenario == "stamped" else ""
+            pieces = [f"tick{i}{stamp} " for i in range(count)]
         elif tool_calls and scenario is None:
             pieces = []
         else:
@@ -588,6 +592,8 @@ class _Generation:
             wait = delay + (gap if i > 0 else 0.0)
             if wait > 0:
                 self._wait(wait)
+            if "{now}" in piece:
+                piece = piece.replace("{now}", f"{time.monotonic():.6f}")
             self._write_line(self._chunk(piece))
         self._write_line(self._final("", done_reason, len(pieces)), last=True)
 
