@@ -1174,6 +1174,7 @@ class WarmPool:
         self.max_keys = max_keys
         self.lock = threading.Lock()
         self.idle = collections.OrderedDict()  # key -> [(proc, stderr tail, started)]
+        self.starting = collections.Counter()  # key -> CLIs being started for it
         self.closed = False
 
     def take(self, key):
@@ -1200,19 +1201,27 @@ class WarmPool:
     def _fill(self, key):
         while not self.closed:
             with self.lock:
-                have = len(self.idle.get(key, ()))
-            if have >= self.size or not self.backend.slots.acquire(blocking=False):
-                return
+                # CLIs still starting count too: two refills must not both start one.
+                if len(self.idle.get(key, ())) + self.starting[key] >= self.size:
+                    return
+                if not self.backend.slots.acquire(blocking=False):
+                    return
+                self.starting[key] += 1
             try:
                 model, system = key
                 proc = self.backend.spawn(self.backend.argv(
                     self.backend.binary(), model, system, ["--no-session-persistence"]))
             except BridgeError:
                 self.backend.slots.release()
+                with self.lock:
+                    self.starting[key] -= 1
                 return
             entry = (proc, _StderrTail(proc.stderr), time.monotonic())
             dropped = []
             with self.lock:
+                self.starting[key] -= 1
+                if not self.starting[key]:
+                    del self.starting[key]
                 if self.closed:
                     dropped.append(entry)
                 else:
