@@ -158,6 +158,9 @@ SETTINGS = (
             "Seconds between keep-alive comments while a stream is silent."),
     Setting("SHUTDOWN_TIMEOUT", "10", _seconds,
             "Seconds in-flight requests get to finish on SIGTERM or Ctrl-C."),
+    Setting("METRICS_LOOPBACK_OPEN", "false", _parse_bool,
+            "Let scrapers on this machine read /metrics without CLAUDE_AUTH_KEY."),
+    Setting("LOG_REQUESTS", "true", _parse_bool, "One line per request on stderr."),
 )
 
 Settings = collections.namedtuple("Settings", [s.name.lower() for s in SETTINGS])
@@ -374,9 +377,14 @@ def _migrate_daily_rollup(db):
     _create_rollup(db, "usage_daily", "day", 10)
 
 
+def _migrate_x_request_id(db):
+    """v5: the X-Request-ID of each request, to find its row from a client's or proxy's log."""
+    db.execute("ALTER TABLE requests ADD COLUMN x_request_id TEXT")
+
+
 # Ordered: PRAGMA user_version is the number of migrations applied.
 MIGRATIONS = (_migrate_requests, _migrate_claude_sessions, _migrate_hourly_rollup,
-              _migrate_daily_rollup)
+              _migrate_daily_rollup, _migrate_x_request_id)
 
 # Where sums come from, coarsest first: (table, key column, characters of `ts` in the key).
 # A time window is cut into whole days, then whole hours, then raw rows at its two edges.
@@ -551,12 +559,12 @@ class UsageStore:
         self._write((
             ("INSERT INTO requests (ts, request_id, model, provider, session_id, stream,"
              " outcome, status, error, prompt_tokens, completion_tokens, total_tokens,"
-             " cached_tokens, cost_usd, duration_ms, ttft_ms, is_error)"
-             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+             " cached_tokens, cost_usd, duration_ms, ttft_ms, is_error, x_request_id)"
+             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
              (ts, row["request_id"], row["model"], row["provider"], row.get("session_id"),
               int(bool(row.get("stream"))), row["outcome"], row["status"],
               error[:500] if error else None, prompt, completion, prompt + completion,
-              cached, cost, duration, row.get("ttft_ms"), failed)),
+              cached, cost, duration, row.get("ttft_ms"), failed, row.get("x_request_id"))),
             *((f"INSERT INTO {table} VALUES (?,?,?,1,?,?,?,?,?,?,?,?)"
                f" ON CONFLICT ({key}, model, provider) DO UPDATE SET"
                " requests = requests + 1, errors = errors + excluded.errors,"
@@ -639,8 +647,8 @@ class UsageStore:
                         "cost_usd": round(item["cost_usd"], 7)})
         return out
 
-    _RECENT = ("id", "ts", "request_id", "model", "provider", "session_id", "stream",
-               "outcome", "status", "error", "prompt_tokens", "completion_tokens",
+    _RECENT = ("id", "ts", "request_id", "x_request_id", "model", "provider", "session_id",
+               "stream", "outcome", "status", "error", "prompt_tokens", "completion_tokens",
                "total_tokens", "cached_tokens", "cost_usd", "duration_ms", "ttft_ms")
 
     def recent(self, limit, since=None):
@@ -1790,6 +1798,7 @@ class OllamaBackend:
         self._http.mount("http://", adapter)
         self._http.mount("https://", adapter)
         self._tags = (0.0, [])
+        self._health = (0.0, None)
 
     def http(self):
         """The requests session (thread-safe for what the bridge does: no cookies)."""
@@ -1822,8 +1831,11 @@ class OllamaBackend:
         self._tags = (time.monotonic(), cached)
         return cached
 
-    def health(self):
-        """Reachability and version of Ollama."""
+    def health(self, max_age=0.0):
+        """Reachability and version of Ollama (a result up to max_age seconds old is fine)."""
+        stamp, cached = self._health
+        if cached is not None and time.monotonic() - stamp < max_age:
+            return cached
         state = {"ok": False, "url": self.url, "version": None, "error": None}
         try:
             resp = self._get("/api/version")
@@ -1831,6 +1843,7 @@ class OllamaBackend:
             state.update(ok=True, version=resp.json().get("version"))
         except (requests.RequestException, ValueError, AttributeError) as exc:
             state["error"] = f"not reachable: {exc}"
+        self._health = (time.monotonic(), state)
         return state
 
     def open(self, chat):
@@ -2309,16 +2322,117 @@ def _error_response(exc):
     return _json_response(exc.body(), exc.status, exc.headers)
 
 
-class RequestRecord:
-    """The usage row of one chat request, written exactly once."""
+# Histogram buckets, in seconds: from a quick Ollama reply to a long agentic Claude turn.
+_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+# Distinct model labels kept; model names come from clients, so the rest are "other".
+_MAX_MODEL_LABELS = 100
 
-    def __init__(self, store, chat, provider):
-        self.store = store
+
+def _label(value):
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class Metrics:
+    """Counters and histograms since start, rendered in the Prometheus text format."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.requests = collections.Counter()  # (model, provider, outcome) -> n
+        self.tokens = collections.Counter()  # (model, provider, kind) -> n
+        self.cost = collections.Counter()  # (model, provider) -> USD
+        self.models = set()
+        self.histograms = {"duration": {}, "ttft": {}}  # name -> provider -> [counts, sum]
+
+    def started(self):
+        """A chat request began."""
+        with self.lock:
+            self.in_flight += 1
+
+    def finished(self, row, valid_model=True):
+        """A chat request ended with this usage row."""
+        provider = row["provider"]
+        with self.lock:
+            self.in_flight -= 1
+            model = row["model"] if valid_model else "invalid"
+            if model not in self.models:
+                if len(self.models) >= _MAX_MODEL_LABELS:
+                    model = "other"
+                else:
+                    self.models.add(model)
+            self.requests[(model, provider, row["outcome"])] += 1
+            for kind in ("prompt", "completion", "cached"):
+                self.tokens[(model, provider, kind)] += row.get(f"{kind}_tokens", 0)
+            self.cost[(model, provider)] += row.get("cost_usd", 0.0)
+            for name, ms in (("duration", row.get("duration_ms")), ("ttft", row.get("ttft_ms"))):
+                if ms is None:
+                    continue
+                counts, total = self.histograms[name].setdefault(
+                    provider, [[0] * (len(_BUCKETS) + 1), 0.0])
+                seconds = ms / 1000
+                index = next((i for i, edge in enumerate(_BUCKETS) if seconds <= edge),
+                             len(_BUCKETS))
+                counts[index] += 1
+                self.histograms[name][provider][1] = total + seconds
+
+    def render(self, gauges):
+        """The text exposition; `gauges` are (name, help, value) read at scrape time."""
+        out = []
+
+        def family(name, kind, help_text):
+            out.append(f"# HELP {name} {help_text}")
+            out.append(f"# TYPE {name} {kind}")
+
+        with self.lock:
+            family("bridge_requests_total", "counter",
+                   "Chat completion requests by model, provider and outcome.")
+            for (model, provider, outcome), n in sorted(self.requests.items()):
+                out.append(f'bridge_requests_total{{model="{_label(model)}",'
+                           f'provider="{provider}",outcome="{outcome}"}} {n}')
+            family("bridge_tokens_total", "counter", "Tokens by model, provider and kind.")
+            for (model, provider, kind), n in sorted(self.tokens.items()):
+                out.append(f'bridge_tokens_total{{model="{_label(model)}",'
+                           f'provider="{provider}",kind="{kind}"}} {n}')
+            family("bridge_cost_usd_total", "counter", "Cost in USD (Claude's own figures).")
+            for (model, provider), usd in sorted(self.cost.items()):
+                out.append(f'bridge_cost_usd_total{{model="{_label(model)}",'
+                           f'provider="{provider}"}} {usd:.7f}')
+            for name, metric, help_text in (
+                    ("duration", "bridge_request_duration_seconds",
+                     "Time from request to the end of the response."),
+                    ("ttft", "bridge_time_to_first_token_seconds",
+                     "Time from request to the first content.")):
+                family(metric, "histogram", help_text)
+                for provider, (counts, total) in sorted(self.histograms[name].items()):
+                    running = 0
+                    for edge, count in zip((*_BUCKETS, "+Inf"), counts):
+                        running += count
+                        out.append(f'{metric}_bucket{{provider="{provider}",le="{edge}"}} '
+                                   f"{running}")
+                    out.append(f'{metric}_sum{{provider="{provider}"}} {total:.6f}')
+                    out.append(f'{metric}_count{{provider="{provider}"}} {running}')
+            family("bridge_requests_in_flight", "gauge", "Chat requests being answered now.")
+            out.append(f"bridge_requests_in_flight {self.in_flight}")
+        for name, help_text, value in gauges:
+            family(name, "gauge", help_text)
+            out.append(f"{name} {value}")
+        return "\n".join(out) + "\n"
+
+
+class RequestRecord:
+    """The usage row of one chat request, written exactly once (and counted in the
+    metrics and the request's log line)."""
+
+    def __init__(self, bridge, chat, provider, environ):
+        self.store = bridge.store
+        self.metrics = bridge.metrics
+        self.environ = environ
         self.chat = chat
         self.provider = provider
         self.started = time.monotonic()
         self.first_token = None
         self.written = False
+        self.metrics.started()
 
     def first(self):
         """Note the time of the first content."""
@@ -2344,7 +2458,12 @@ class RequestRecord:
         elif run is not None and run.usage:
             row.update(run.usage)
             row["cost_usd"] = getattr(run, "cost_usd", 0.0)
+        row["x_request_id"] = self.environ.get("bridge.request_id")
         self.store.record(row)
+        self.metrics.finished(row, valid_model=status != 400)
+        self.environ["bridge.log"] = (
+            f" model={self.chat.model[:80]} tokens="
+            f"{row.get('prompt_tokens', 0) + row.get('completion_tokens', 0)}")
 
 
 class Bridge:
@@ -2356,6 +2475,7 @@ class Bridge:
         self.workers = Workers()
         self.claude = ClaudeBackend(settings, self.store, self.workers)
         self.ollama = OllamaBackend(settings, self.workers)
+        self.metrics = Metrics()
         self.started = int(time.time())
         self.max_body = settings.max_body_mb * 1024 * 1024
 
@@ -2416,23 +2536,92 @@ def _events_with_housekeeping(run, environ, heartbeat):
             return
 
 
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/=+-]{1,128}$")
+
+
+class BridgeApp:
+    """The WSGI app: gives every request an X-Request-ID and, when it ends, one log line.
+    Everything else is the Bottle app inside (its attributes are reachable here)."""
+
+    def __init__(self, inner, bridge, log_requests):
+        self.inner = inner
+        self.bridge = bridge
+        self.log_requests = log_requests
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __call__(self, environ, start_response):
+        given = environ.get("HTTP_X_REQUEST_ID", "")
+        request_id = given if _SANE_REQUEST_ID.match(given) else uuid.uuid4().hex
+        environ["bridge.request_id"] = request_id
+        started = time.monotonic()
+        status_line = []
+
+        def start(status, headers, exc_info=None):
+            status_line.append(status)
+            return start_response(status, [*headers, ("X-Request-ID", request_id)], exc_info)
+
+        body = self.inner(environ, start)
+        if not self.log_requests:
+            return body
+        return _LoggedBody(body, environ, status_line, started)
+
+
+class _LoggedBody:
+    """The response body; closing it (the response has left) writes the log line."""
+
+    def __init__(self, body, environ, status_line, started):
+        self.body = body
+        self.environ = environ
+        self.status_line = status_line
+        self.started = started
+
+    def __iter__(self):
+        return iter(self.body)
+
+    def close(self):
+        try:
+            if hasattr(self.body, "close"):
+                self.body.close()
+        finally:
+            env = self.environ
+            status = self.status_line[0].split(" ", 1)[0] if self.status_line else "-"
+            ms = (time.monotonic() - self.started) * 1000
+            # Never headers: the Authorization header (the key) must not reach a log.
+            log(f"{env.get('REQUEST_METHOD')} {env.get('PATH_INFO', '')[:200]} {status} "
+                f"{ms:.0f}ms{env.get('bridge.log', '')} rid={env['bridge.request_id']}")
+
+
+def _dashboard_html():
+    """dashboard.html beside bridge.py, or where `pip install` put it; None if neither."""
+    for folder in (os.path.dirname(os.path.abspath(__file__)),
+                   os.path.join(sys.prefix, "share", "claude-bridge")):
+        try:
+            with open(os.path.join(folder, "dashboard.html"), "rb") as f:
+                return f.read()
+        except OSError:
+            continue
+    return None
+
+
 def make_app(settings):
     """Build the WSGI app and everything it owns; `app.bridge` holds the state."""
     bridge = Bridge(settings)
     app = bottle.Bottle()
-    try:
-        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "dashboard.html"),
-                  "rb") as f:
-            dashboard_html = f.read()
-    except OSError:
-        dashboard_html = None
+    dashboard_html = _dashboard_html()
     app.bridge = bridge
     auth_key = settings.claude_auth_key.encode("utf-8") if settings.claude_auth_key else None
 
     @app.hook("before_request")
     def check_auth():
-        # /dashboard is a static page without data; it asks for the key itself.
-        if auth_key is None or bottle.request.path in ("/health", "/dashboard"):
+        # /dashboard is a static page without data (it asks for the key itself), and the
+        # API description is public.
+        path = bottle.request.path
+        if auth_key is None or path in ("/health", "/dashboard", "/openapi.json"):
+            return
+        if path == "/metrics" and settings.metrics_loopback_open and _is_loopback(
+                bottle.request.environ.get("REMOTE_ADDR", "")):
             return
         header = bottle.request.get_header("Authorization", "")
         scheme, _, token = header.strip().partition(" ")
@@ -2528,6 +2717,30 @@ def make_app(settings):
                                      "(e.g. since=1h).", param="since")
         return bridge.store.timeseries(bucket, **window)
 
+    @app.get("/metrics")
+    def metrics():
+        claude = bridge.claude
+        with claude.procs_lock:
+            running = len(claude.procs)
+        warm, live = claude.pool.count(), claude.live.count()
+        ollama_ok = int(bridge.ollama.health(max_age=5)["ok"])
+        text = bridge.metrics.render((
+            ("bridge_claude_processes_running", "CLIs answering a request now.",
+             max(0, running - warm - live)),
+            ("bridge_claude_processes_warm", "Pre-started CLIs waiting for a request.", warm),
+            ("bridge_claude_processes_kept", "Session CLIs kept between turns.", live),
+            ("bridge_ollama_up", "1 if Ollama answered its version request.", ollama_ok),
+            ("bridge_database_up", "1 if the usage database can be written.",
+             int(bridge.store.health()["ok"])),
+        ))
+        response = bottle.HTTPResponse(body=text)
+        response.content_type = "text/plain; version=0.0.4; charset=utf-8"
+        return response
+
+    @app.get("/openapi.json")
+    def openapi():
+        return _json_response(openapi_document(__version__))
+
     @app.get("/dashboard")
     def dashboard():
         if dashboard_html is None:
@@ -2565,10 +2778,10 @@ def make_app(settings):
             chat = parse_chat_request(body, environ, settings.claude_default_model)
         except InvalidRequest as exc:
             chat = refused_chat(body, environ, settings.claude_default_model)
-            RequestRecord(bridge.store, chat, _provider(chat.model)).write(
+            RequestRecord(bridge, chat, _provider(chat.model), environ).write(
                 "error", exc.status, exc.message)
             return _error_response(exc)
-        record = RequestRecord(bridge.store, chat, _provider(chat.model))
+        record = RequestRecord(bridge, chat, _provider(chat.model), environ)
         run = None
         handed_off = False
         try:
@@ -2675,7 +2888,13 @@ def make_app(settings):
 
         return generate()
 
-    return app
+    return BridgeApp(app, bridge, settings.log_requests)
+
+
+def openapi_document(version):
+    """The OpenAPI 3.1 description of the bridge's routes."""
+    return {"openapi": "3.1.0",
+            "info": {"title": "claude-bridge", "version": version}, "paths": {}}
 
 
 def _provider(model):
@@ -2778,9 +2997,12 @@ def main(argv=None):
     signal.signal(signal.SIGINT, on_signal)
     host = settings.host if ":" not in settings.host else f"[{settings.host}]"
     claude = bridge.claude.health()
+    ollama = bridge.ollama.health()
     log(f"claude-bridge {__version__} listening on http://{host}:{server.effective_port}/v1")
-    log(f"claude: {claude['version'] or claude['error']}; database: {settings.usage_db_path};"
-        f" auth: {'on' if settings.claude_auth_key else 'off'}")
+    log(f"claude: {claude['version'] or claude['error']}; ollama at {settings.ollama_url}: "
+        f"{'version ' + str(ollama['version']) if ollama['ok'] else 'not reachable'}; "
+        f"database: {os.path.abspath(settings.usage_db_path)}; "
+        f"auth: {'on' if settings.claude_auth_key else 'off'}")
     serve(server, stop, settings.shutdown_timeout)
     log("stopped")
     return 0

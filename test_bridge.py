@@ -1953,3 +1953,121 @@ def test_disconnect_mid_turn_on_a_kept_cli_ends_it(start):
     assert wait_until(lambda: not alive(kept["pid"]), timeout=8)
     reply = br.post(user("two"), headers=h).json()
     assert reply["choices"][0]["message"]["content"].startswith("FAKE-REPLY")
+
+
+# ----------------------------------------------------------------------------------------
+# Metrics, request ids, logs, packaging
+# ----------------------------------------------------------------------------------------
+
+def _metrics(br, headers=None):
+    from prometheus_client.parser import text_string_to_metric_families
+    resp = requests.get(br.url + "/metrics", headers=headers or {}, timeout=10)
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["Content-Type"].startswith("text/plain")
+    return {f.name: f for f in text_string_to_metric_families(resp.text)}
+
+
+def _sample(families, family, name=None, **labels):
+    for s in families[family].samples:
+        if (name is None or s.name == name) and all(s.labels.get(k) == v
+                                                    for k, v in labels.items()):
+            return s.value
+    return None
+
+
+def test_metrics_parse_with_the_prometheus_client(start, ollama_fake):
+    br = start(OLLAMA_URL=ollama_fake.url, CLAUDE_WARM_POOL="1")
+    br.post(user("hello"))
+    br.post(user("[fake:error-401]"))
+    br.post({**ask("hi"), "stream": True})
+    br.post({"model": "<script>", "messages": []})
+    _idle_warm(br)
+    m = _metrics(br)
+    assert _sample(m, "bridge_requests", model="claude-code", outcome="ok") == 1
+    assert _sample(m, "bridge_requests", model="claude-code", outcome="error") == 1
+    assert _sample(m, "bridge_requests", model="ollama/llama3.2", provider="ollama") == 1
+    assert _sample(m, "bridge_requests", model="invalid", outcome="error") == 1
+    assert _sample(m, "bridge_tokens", model="claude-code", kind="prompt") == 666
+    assert _sample(m, "bridge_tokens", model="claude-code", kind="cached") == 333
+    assert _sample(m, "bridge_cost_usd", model="claude-code") == pytest.approx(0.0025006)
+    assert _sample(m, "bridge_request_duration_seconds", "bridge_request_duration_seconds_count",
+                   provider="claude") == 3  # the 400 counts too
+    assert _sample(m, "bridge_time_to_first_token_seconds",
+                   "bridge_time_to_first_token_seconds_count", provider="ollama") == 1
+    assert _sample(m, "bridge_requests_in_flight") == 0
+    assert _sample(m, "bridge_claude_processes_warm") == 1
+    assert _sample(m, "bridge_claude_processes_running") == 0
+    assert _sample(m, "bridge_ollama_up") == 1 and _sample(m, "bridge_database_up") == 1
+
+
+def test_metrics_need_the_key_unless_opened_for_loopback(start):
+    br = start(CLAUDE_AUTH_KEY="k")
+    assert_error(requests.get(br.url + "/metrics", timeout=10), 401)
+    assert _metrics(br, {"Authorization": "Bearer k"})
+    opened = start(CLAUDE_AUTH_KEY="k", METRICS_LOOPBACK_OPEN="true")
+    assert _metrics(opened)
+    assert_error(requests.get(opened.url + "/v1/usage", timeout=10), 401)  # only /metrics
+
+
+def test_request_ids_are_kept_or_made_and_stored(br):
+    given = br.post(user("hello"), headers={"X-Request-ID": "trace-42.a"})
+    assert given.headers["X-Request-ID"] == "trace-42.a"
+    made = br.post(user("hello"), headers={"X-Request-ID": "no spaces allowed\t!"})
+    assert re.fullmatch(r"[0-9a-f]{32}", made.headers["X-Request-ID"])
+    for resp in (requests.get(br.url + "/health", timeout=10),
+                 requests.get(br.url + "/nope", timeout=10),
+                 br.post({"messages": []}),
+                 br.post({**user("hello"), "stream": True})):
+        assert resp.headers["X-Request-ID"]
+    rows = br.rows()
+    assert rows[0]["x_request_id"] == "trace-42.a"
+    assert rows[1]["x_request_id"] == made.headers["X-Request-ID"]
+    recent = requests.get(br.url + "/v1/usage/recent", timeout=10).json()
+    assert recent[-1]["x_request_id"] == "trace-42.a"
+
+
+def test_one_log_line_per_request_with_its_request_id(bridge_process):
+    bp = bridge_process(CLAUDE_AUTH_KEY="sekrit")
+    key = {"Authorization": "Bearer sekrit"}
+    requests.post(bp.url + "/v1/chat/completions", json=user("hello"), timeout=30,
+                  headers={**key, "X-Request-ID": "abc-1"})
+    requests.get(bp.url + "/v1/models", headers=key, timeout=10)
+    bp.proc.send_signal(signal.SIGTERM)
+    bp.proc.wait(timeout=15)
+    bp.reader.join(5)
+    text = "".join(bp.lines)
+    (chat,) = [line for line in bp.lines if "POST /v1/chat/completions" in line]
+    assert re.search(r" 200 \d+ms model=claude-code tokens=710 rid=abc-1$", chat.strip())
+    assert any("GET /v1/models 200" in line for line in bp.lines)
+    assert "sekrit" not in text
+    banner = bp.lines[0] + bp.lines[1]
+    assert "listening on http://127.0.0.1:" in banner and "auth: on" in banner
+
+
+def test_pip_install_gives_a_claude_bridge_command(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("bridge.py", "dashboard.html", "pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    # As a user would: the build backend and the three dependencies come from PyPI.
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(src)],
+                         capture_output=True, text=True, timeout=300)
+    assert pip.returncode == 0, pip.stderr
+    version = subprocess.run([str(venv / "bin" / "claude-bridge"), "--version"],
+                             capture_output=True, text=True, timeout=60)
+    assert version.stdout.strip() == f"claude-bridge {bridge.__version__}"
+    proc = subprocess.Popen([str(venv / "bin" / "claude-bridge"), "--port", "0",
+                             "--usage-db-path", str(tmp_path / "u.db")],
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        for line in proc.stderr:
+            match = re.search(r"listening on (http://127.0.0.1:\d+)/v1", line)
+            if match:
+                break
+        page = requests.get(match.group(1) + "/dashboard", timeout=10)
+        assert page.status_code == 200 and b"claude-bridge" in page.content
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
