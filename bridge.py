@@ -1414,7 +1414,7 @@ class ClaudeRun(Run):
             self.backend.pool.want(self.warm_key)
 
     def produce(self):
-        chat, backend = self.chat, self.backend
+        chat = self.chat
         system = chat.system_text()
         model = chat.model
         if chat.session_id is None:

@@ -13,7 +13,6 @@ import time
 import pytest
 import requests
 
-from test_bridge import Running
 
 if os.environ.get("CI"):
     from playwright import sync_api
@@ -71,24 +70,6 @@ def page(browser):
     p.context.close()
     assert p.errors == [], "uncaught errors in the page"
     assert p.dialogs == [], "the page opened a dialog"
-
-
-@pytest.fixture
-def start(tmp_path, monkeypatch):
-    """Start a bridge with extra settings (as test_bridge.py's `start`)."""
-    started = []
-    monkeypatch.setenv("CLAUDE_CONFIG_DIR", str(tmp_path / "claude-config"))
-    monkeypatch.setenv("FAKE_CLAUDE_LOG", str(tmp_path / "fake-log"))
-    monkeypatch.delenv("CLAUDECODE", raising=False)
-
-    def _start(**env):
-        running = Running(tmp_path, {k: str(v) for k, v in env.items()})
-        started.append(running)
-        return running
-
-    yield _start
-    for running in started:
-        running.stop()
 
 
 def chat(br, text, model="claude-code", key=None, **kw):
