@@ -7,6 +7,8 @@ cost and outcome kept in SQLite. Run it with `python bridge.py`; `--help` lists 
 """
 
 import argparse
+import base64
+import binascii
 import collections
 import datetime
 import hmac
@@ -103,7 +105,7 @@ def _model_setting(raw):
 
 
 # Model names passed to --model: plain names only, never something the CLI reads as a flag.
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9._:\[\]][A-Za-z0-9._:\[\]-]{0,199}$")
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9._:\[\]][A-Za-z0-9._:\[\]-]{0,199}\Z")  # \Z: no "\n"
 
 
 Setting = collections.namedtuple("Setting", "name default parse help")
@@ -391,7 +393,7 @@ MIGRATIONS = (_migrate_requests, _migrate_claude_sessions, _migrate_hourly_rollu
 _LEVELS = (("usage_daily", "day", 10), ("usage_hourly", "hour", 13), ("requests", "ts", None))
 
 _TS_FORMAT = "%Y-%m-%d %H:%M:%S"  # the `ts` column: UTC, as SQLite's CURRENT_TIMESTAMP
-_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])\Z")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -1669,7 +1671,12 @@ _DATA_URL = re.compile(r"^data:image/[A-Za-z0-9.+-]+;base64,([A-Za-z0-9+/=\s]*)$
 def _ollama_image(url, param):
     match = _DATA_URL.match(url)
     if match:
-        return re.sub(r"\s+", "", match.group(1))
+        data = re.sub(r"\s+", "", match.group(1))
+        try:
+            base64.b64decode(data, validate=True)
+        except binascii.Error:
+            raise InvalidRequest("The image's base64 data is not valid.", param=param) from None
+        return data
     if url.startswith(("http://", "https://")):
         raise InvalidRequest("Ollama takes images inline only: send them as "
                              "'data:image/png;base64,...' URLs, not http(s) links.",
@@ -1959,6 +1966,8 @@ class OllamaRun(Run):
         if status == 503:
             return BackendUnavailable(f"Ollama is busy: {text}", code="backend_busy",
                                       headers={"Retry-After": "5"})
+        if status == 400:  # the request's fault (options, format, tools): the client's to fix
+            return InvalidRequest(f"Ollama refused the request: {text}")
         return BackendFailed(f"Ollama answered {status}: {text}")
 
     def _read(self, lines):
@@ -2039,6 +2048,17 @@ def _expect(value, types, param, what):
     return value
 
 
+_STR, _OBJ, _OPT_BOOL = ((str,), "a string"), ((dict,), "an object"), \
+    ((bool, type(None)), "a boolean")
+
+
+def _check_fields(obj, param, fields):
+    """Type-check the optional `fields` ({key: (types, what)}) that `obj` has."""
+    for key, (types, what) in fields.items():
+        if key in obj:
+            _expect(obj[key], types, f"{param}.{key}", what)
+
+
 def _number(body, name, low, high, integer=False):
     if body.get(name) is None:
         return None
@@ -2070,6 +2090,10 @@ def _message_content(msg, i):
             texts.append(_expect(part.get("text"), (str,), pparam + ".text", "a string"))
         elif ptype == "image_url":
             image = part.get("image_url")
+            if isinstance(image, dict) and "detail" in image and \
+                    image["detail"] not in ("auto", "low", "high"):
+                raise InvalidRequest("image_url.detail must be auto, low or high.",
+                                     param=pparam + ".image_url.detail")
             url = image.get("url") if isinstance(image, dict) else image
             images.append(_expect(url, (str,), pparam + ".image_url.url", "a string"))
         else:
@@ -2088,6 +2112,10 @@ def _tool_calls(msg, i):
     out = []
     for j, call in enumerate(calls):
         _expect(call, (dict,), f"{param}[{j}]", "an object")
+        _check_fields(call, f"{param}[{j}]", {"id": _STR})
+        if "type" in call and call["type"] != "function":
+            raise InvalidRequest("A tool call's type must be 'function'.",
+                                 param=f"{param}[{j}].type")
         fn = _expect(call.get("function"), (dict,), f"{param}[{j}].function", "an object")
         name = _expect(fn.get("name"), (str,), f"{param}[{j}].function.name", "a string")
         args = fn.get("arguments", "{}")
@@ -2166,6 +2194,7 @@ def parse_chat_request(body, environ, default_model):
             raise InvalidRequest(f"'messages[{i}].role' {what}; use one of "
                                  + ", ".join(_ROLES) + ".", param=f"messages[{i}].role")
         text, images = _message_content(msg, i)
+        _check_fields(msg, f"messages[{i}]", {"name": _STR, "tool_call_id": _STR})
         chat.messages.append({
             "role": role, "content": text, "images": images,
             "tool_calls": _tool_calls(msg, i) if role == "assistant" else [],
@@ -2201,9 +2230,44 @@ def parse_chat_request(body, environ, default_model):
         for k, s in enumerate(stop):
             _expect(s, (str,), f"stop[{k}]", "a string")
         params["stop"] = stop
-    for name in ("tools", "response_format", "tool_choice"):
-        if body.get(name) is not None:
-            params[name] = body[name]
+    if body.get("user") is not None:
+        _expect(body["user"], (str,), "user", "a string")
+    if body.get("tools") is not None:
+        tools = _expect(body["tools"], (list,), "tools", "an array")
+        for k, tool in enumerate(tools):
+            _expect(tool, (dict,), f"tools[{k}]", "an object")
+            if tool.get("type") != "function":
+                raise InvalidRequest("Only tools of type 'function' are supported.",
+                                     param=f"tools[{k}].type")
+            fn = _expect(tool.get("function"), (dict,), f"tools[{k}].function", "an object")
+            _expect(fn.get("name"), (str,), f"tools[{k}].function.name", "a string")
+            _check_fields(fn, f"tools[{k}].function", {
+                "description": _STR, "parameters": _OBJ, "strict": _OPT_BOOL})
+        params["tools"] = tools
+    choice = body.get("tool_choice")
+    if choice is not None:
+        if isinstance(choice, dict):
+            if choice.get("type") != "function":
+                raise InvalidRequest("tool_choice type must be 'function'.",
+                                     param="tool_choice.type")
+            fn = _expect(choice.get("function"), (dict,), "tool_choice.function", "an object")
+            _expect(fn.get("name"), (str,), "tool_choice.function.name", "a string")
+        elif choice not in ("none", "auto", "required"):
+            raise InvalidRequest("tool_choice must be none, auto, required or a function.",
+                                 param="tool_choice")
+        params["tool_choice"] = choice
+    if body.get("response_format") is not None:
+        fmt = _expect(body["response_format"], (dict,), "response_format", "an object")
+        if fmt.get("type") not in ("text", "json_object", "json_schema"):
+            raise InvalidRequest("response_format type must be text, json_object or "
+                                 "json_schema.", param="response_format.type")
+        if fmt["type"] == "json_schema":
+            spec = _expect(fmt.get("json_schema"), (dict,), "response_format.json_schema",
+                           "an object")
+            _expect(spec.get("name"), (str,), "response_format.json_schema.name", "a string")
+            _check_fields(spec, "response_format.json_schema", {
+                "schema": _OBJ, "strict": _OPT_BOOL, "description": _STR})
+        params["response_format"] = fmt
     chat.params = params
     chat.session_id = _session_id(environ)
     chat.request_id = "chatcmpl-" + secrets.token_hex(12)
@@ -2536,7 +2600,7 @@ def _events_with_housekeeping(run, environ, heartbeat):
             return
 
 
-_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/=+-]{1,128}$")
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/=+-]{1,128}\Z")
 
 
 class BridgeApp:
@@ -2698,7 +2762,7 @@ def make_app(settings):
     @usage_route("/v1/usage/recent")
     def usage_recent():
         raw = query("limit") or "50"
-        if not raw.isdigit() or not 1 <= int(raw) <= _RECENT_MAX:
+        if not re.fullmatch(r"[0-9]{1,4}", raw) or not 1 <= int(raw) <= _RECENT_MAX:
             raise InvalidRequest(f"'limit' must be a whole number from 1 to {_RECENT_MAX}.",
                                  param="limit")
         return bridge.store.recent(int(raw), filters()["since"])
@@ -2892,9 +2956,664 @@ def make_app(settings):
 
 
 def openapi_document(version):
-    """The OpenAPI 3.1 description of the bridge's routes."""
-    return {"openapi": "3.1.0",
-            "info": {"title": "claude-bridge", "version": version}, "paths": {}}
+    """The OpenAPI 3.1 description of the bridge's routes, as bridge.py answers them."""
+    def ref(name):
+        return {"$ref": "#/components/schemas/" + name}
+
+    def nullable(type_name, **extra):
+        return {"type": [type_name, "null"], **extra}
+
+    def error(description, **headers):
+        return {"description": description,
+                "headers": {"X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"},
+                            **headers},
+                "content": {"application/json": {"schema": ref("Error")}}}
+
+    def ok_json(description, schema):
+        return {"description": description,
+                "headers": {"X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"}},
+                "content": {"application/json": {"schema": schema}}}
+
+    def query(name, schema, description):
+        return {"name": name, "in": "query", "required": False, "schema": schema,
+                "description": description}
+
+    retry_after = {"description": "Seconds to wait before trying again.",
+                   "schema": {"type": "string", "pattern": "^[0-9]+$"}}
+    time_value = {"type": "string", "examples": ["24h", "2026-11-25T10:00:00Z"]}
+    since = query("since", time_value, "Start of the window (inclusive): ISO 8601 "
+                  "(`2026-11-25T10:00:00Z`, no zone = UTC) or a time ago (`30m`, `24h`, `7d`, "
+                  "`2w`; units s, m, h, d, w). Empty = open. A bad value is a 400 naming it.")
+    until = query("until", time_value, "End of the window (exclusive), as `since`; must be "
+                  "after `since`.")
+    provider = query("provider", {"type": "string", "enum": ["claude", "ollama"]},
+                     "Only this provider.")
+    model = query("model", {"type": "string"}, "Only this model, as clients named it.")
+    usage_errors = {"400": {"$ref": "#/components/responses/BadRequest"},
+                    "401": {"$ref": "#/components/responses/Unauthorized"}}
+    image_url = {"type": "string",
+                 "pattern": "^(data:image/[A-Za-z0-9.+-]+;base64,|https?://)",
+                 "examples": ["data:image/png;base64,iVBORw0KGgo="]}
+    text_part = {"type": "object", "required": ["type", "text"],
+                 "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}
+    image_part = {
+        "type": "object", "required": ["type", "image_url"],
+        "properties": {
+            "type": {"const": "image_url"},
+            "image_url": {
+                "description": "Claude takes `data:image/...;base64,...` and http(s) URLs; "
+                               "Ollama only data URLs (an http(s) URL is a 400). The bare URL "
+                               "string is accepted too.",
+                "oneOf": [{"type": "object", "required": ["url"],
+                           "properties": {"url": image_url,
+                                          "detail": {"type": "string",
+                                                     "enum": ["auto", "low", "high"]}}},
+                          image_url]}}}
+    content = {"oneOf": [{"type": "string"},
+                         {"type": "array", "items": {"oneOf": [text_part, image_part]}}],
+               "description": "Text, or content parts (text and images); the texts of the "
+                              "parts are joined with newlines."}
+    message_name = {"type": "string", "description": "Accepted and ignored."}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "claude-bridge",
+            "version": version,
+            "summary": "An OpenAI-compatible API over the Claude Code CLI and a local Ollama.",
+            "description": "Models named `ollama/<name>` go to Ollama; every other model name "
+                           "runs the `claude` CLI. Every chat request is logged to SQLite and "
+                           "can be read back through the usage API. Errors are OpenAI error "
+                           "objects. Every response carries an `X-Request-ID` header. When "
+                           "`CLAUDE_AUTH_KEY` is set, every route except /health, /dashboard "
+                           "and /openapi.json needs `Authorization: Bearer <key>` (a 401 "
+                           "otherwise); an unknown route is a 404 and a wrong method a 405, "
+                           "both as error objects.",
+            "license": {"name": "MIT", "identifier": "MIT"},
+        },
+        "security": [{"bearerAuth": []}],
+        "paths": {
+            "/v1/chat/completions": {"post": {
+                "operationId": "createChatCompletion",
+                "tags": ["chat"],
+                "summary": "Create a chat completion (JSON, or Server-Sent Events with "
+                           "`stream: true`).",
+                "description": "Every request whose body is a JSON object is one row in the "
+                               "usage log, refused ones included. A stream that fails after "
+                               "it began sends one `data: {\"error\": {...}}` event and ends "
+                               "without `[DONE]`.",
+                "parameters": [
+                    {"name": "X-Session-ID", "in": "header", "required": False,
+                     "description": "Keep the conversation on the bridge's side (Claude's "
+                                    "session store, or memory for Ollama): later turns send "
+                                    "only their new messages. 1 to 128 printable characters.",
+                     "schema": {"type": "string", "minLength": 1, "maxLength": 128,
+                                "pattern": "^[!-~]([ -~]*[!-~])?$"}},
+                    {"$ref": "#/components/parameters/X-Request-ID"},
+                ],
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": ref("CreateChatCompletionRequest"),
+                    "examples": {
+                        "claude": {"summary": "Claude, one JSON reply", "value": {
+                            "model": "claude-code",
+                            "messages": [{"role": "system", "content": "Be brief."},
+                                         {"role": "user", "content": "What is a bridge?"}]}},
+                        "claude-stream": {"summary": "Claude, streamed, with usage",
+                                          "value": {
+                            "model": "sonnet", "stream": True,
+                            "stream_options": {"include_usage": True},
+                            "messages": [{"role": "user", "content": "Write a haiku"}]}},
+                        "ollama-image": {"summary": "Ollama, text and an image", "value": {
+                            "model": "ollama/llama3.2", "max_tokens": 200,
+                            "temperature": 0.2,
+                            "messages": [{"role": "user", "content": [
+                                {"type": "text", "text": "What is in this picture?"},
+                                {"type": "image_url", "image_url": {
+                                    "url": "data:image/png;base64,iVBORw0KGgo="}}]}]}},
+                        "ollama-tool-result": {
+                            "summary": "Ollama, a tool's result sent back", "value": {
+                                "model": "ollama/llama3.2", "stream": True,
+                                "tools": [{"type": "function", "function": {
+                                    "name": "get_weather",
+                                    "parameters": {"type": "object", "properties": {
+                                        "city": {"type": "string"}}}}}],
+                                "messages": [
+                                    {"role": "user", "content": "Weather in Paris?"},
+                                    {"role": "assistant", "content": None, "tool_calls": [
+                                        {"id": "call_1", "type": "function", "function": {
+                                            "name": "get_weather",
+                                            "arguments": "{\"city\": \"Paris\"}"}}]},
+                                    {"role": "tool", "tool_call_id": "call_1",
+                                     "content": "18 C, sunny"}]}},
+                    }}}},
+                "responses": {
+                    "200": {
+                        "description": "The reply: a chat.completion object, or with "
+                                       "`stream: true` a stream of chat.completion.chunk "
+                                       "events ending with `data: [DONE]`.",
+                        "headers": {
+                            "X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"}},
+                        "content": {
+                            "application/json": {"schema": ref("ChatCompletion")},
+                            "text/event-stream": {
+                                "schema": ref("ChatCompletionStreamEvent")},
+                        }},
+                    "400": {"$ref": "#/components/responses/BadRequest"},
+                    "401": {"$ref": "#/components/responses/Unauthorized"},
+                    "404": error("An `ollama/<name>` model Ollama does not have "
+                                 "(code `model_not_found`)."),
+                    "413": error("The body is larger than MAX_BODY_MB "
+                                 "(code `request_too_large`)."),
+                    "429": error("No free Claude slot within CLAUDE_QUEUE_TIMEOUT, or another "
+                                 "turn of the same session is still running.",
+                                 **{"Retry-After": {**retry_after, "required": True}}),
+                    "502": error("The backend failed: the CLI's own message, Ollama "
+                                 "unreachable (code `backend_unreachable`) or Ollama's error."),
+                    "503": error("The CLI is not installed (code `claude_not_found`), or "
+                                 "Ollama is busy (code `backend_busy`, with Retry-After).",
+                                 **{"Retry-After": retry_after}),
+                    "504": error("CLAUDE_TIMEOUT, CLAUDE_IDLE_TIMEOUT or OLLAMA_TIMEOUT "
+                                 "passed (code `timeout`)."),
+                },
+            }},
+            "/v1/models": {"get": {
+                "operationId": "listModels",
+                "tags": ["models"],
+                "summary": "The Claude models (claude-code, sonnet, opus, haiku and the "
+                           "default) then Ollama's as `ollama/<name>`.",
+                "responses": {
+                    "200": ok_json("The models.", ref("ModelList")),
+                    "401": {"$ref": "#/components/responses/Unauthorized"},
+                },
+            }},
+            "/v1/usage": {"get": {
+                "operationId": "getUsage",
+                "tags": ["usage"],
+                "summary": "Totals per model and provider, busiest first.",
+                "parameters": [since, until, provider, model],
+                "responses": {
+                    "200": ok_json("Totals.", {"type": "array",
+                                               "items": ref("UsageSummary")}),
+                    **usage_errors,
+                },
+            }},
+            "/v1/usage/recent": {"get": {
+                "operationId": "getRecentUsage",
+                "tags": ["usage"],
+                "summary": "The latest usage rows, newest first.",
+                "parameters": [
+                    query("limit", {"type": "integer", "minimum": 1, "maximum": 1000,
+                                    "default": 50}, "How many rows, 1 to 1000."),
+                    since,
+                ],
+                "responses": {
+                    "200": ok_json("Rows.", {"type": "array", "items": ref("UsageRow")}),
+                    **usage_errors,
+                },
+            }},
+            "/v1/usage/timeseries": {"get": {
+                "operationId": "getUsageTimeseries",
+                "tags": ["usage"],
+                "summary": "Sums per minute, hour or day, oldest first (only buckets with "
+                           "requests).",
+                "parameters": [
+                    query("bucket", {"type": "string", "enum": ["minute", "hour", "day"],
+                                     "default": "hour"},
+                          "Bucket size; `minute` needs `since` within 2 days of `until` "
+                          "(or of now)."),
+                    since, until, provider, model,
+                ],
+                "responses": {
+                    "200": ok_json("Buckets.", {"type": "array",
+                                                "items": ref("UsageBucket")}),
+                    **usage_errors,
+                },
+            }},
+            "/health": {"get": {
+                "operationId": "getHealth",
+                "tags": ["service"],
+                "summary": "Backends and database state; never needs a key.",
+                "description": "Runs `claude --version` (cached for a minute) and asks Ollama "
+                               "for its version; never a chat.",
+                "security": [],
+                "responses": {"200": ok_json("The state (also when degraded).",
+                                             ref("Health"))},
+            }},
+            "/dashboard": {"get": {
+                "operationId": "getDashboard",
+                "tags": ["service"],
+                "summary": "The usage dashboard, a self-contained page (it asks for the key "
+                           "itself).",
+                "security": [],
+                "responses": {
+                    "200": {"description": "The page.",
+                            "headers": {"X-Request-ID": {
+                                "$ref": "#/components/headers/X-Request-ID"}},
+                            "content": {"text/html": {"schema": {"type": "string"}}}},
+                    "404": error("dashboard.html is not installed beside bridge.py."),
+                },
+            }},
+            "/metrics": {"get": {
+                "operationId": "getMetrics",
+                "tags": ["service"],
+                "summary": "Prometheus metrics (text exposition format 0.0.4).",
+                "description": "Needs the key like the API, unless METRICS_LOOPBACK_OPEN is "
+                               "set and the scraper is on this machine.",
+                "responses": {
+                    "200": {"description": "Counters, histograms and gauges.",
+                            "headers": {"X-Request-ID": {
+                                "$ref": "#/components/headers/X-Request-ID"}},
+                            "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    "401": {"$ref": "#/components/responses/Unauthorized"},
+                },
+            }},
+            "/openapi.json": {"get": {
+                "operationId": "getOpenAPI",
+                "tags": ["service"],
+                "summary": "This description.",
+                "security": [],
+                "responses": {"200": ok_json(
+                    "The OpenAPI 3.1 document.",
+                    {"type": "object", "required": ["openapi", "info", "paths"]})},
+            }},
+        },
+        "components": {
+            "securitySchemes": {"bearerAuth": {
+                "type": "http", "scheme": "bearer",
+                "description": "`Authorization: Bearer <CLAUDE_AUTH_KEY>`, when the bridge "
+                               "has a key."}},
+            "parameters": {"X-Request-ID": {
+                "name": "X-Request-ID", "in": "header", "required": False,
+                "description": "Your id for this request: echoed in the response's "
+                               "X-Request-ID and kept in its usage row when it is 1 to 128 of "
+                               "`A-Z a-z 0-9 . _ : / = + -`; otherwise the bridge makes one.",
+                "schema": {"type": "string"}}},
+            "headers": {"X-Request-ID": {
+                "description": "The request's id: the client's X-Request-ID when it was sane, "
+                               "else a new one.",
+                "required": True,
+                "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:/=+-]{1,128}$"}}},
+            "responses": {
+                "BadRequest": error("Bad JSON, a bad field or parameter (`param` names it), "
+                                    "or a model name that is not valid (code "
+                                    "`model_not_found`)."),
+                "Unauthorized": error("Missing or wrong key (code `invalid_api_key`)."),
+            },
+            "schemas": {
+                "Error": {
+                    "type": "object", "required": ["error"], "additionalProperties": False,
+                    "properties": {"error": {
+                        "type": "object", "additionalProperties": False,
+                        "required": ["message", "type", "param", "code"],
+                        "properties": {
+                            "message": {"type": "string", "minLength": 1},
+                            "type": {"type": "string", "enum": [
+                                "invalid_request_error", "rate_limit_error",
+                                "server_error"]},
+                            "param": nullable("string"),
+                            "code": nullable("string"),
+                        }}}},
+                "CreateChatCompletionRequest": {
+                    "type": "object", "required": ["messages"],
+                    "description": "Fields not listed are ignored. An optional field that is "
+                                   "null counts as absent.",
+                    "properties": {
+                        "model": {
+                            "type": ["string", "null"],
+                            "description": "`claude-code` (the CLI's default model), another "
+                                           "Claude name (`sonnet`, `opus`, "
+                                           "`claude-sonnet-4-5`, ...: letters, digits and "
+                                           "`. _ - : [ ]`, not starting with `-`), or "
+                                           "`ollama/<name>`. Absent: CLAUDE_DEFAULT_MODEL.",
+                            "anyOf": [
+                                {"type": "null"},
+                                {"pattern": "^[A-Za-z0-9._:\\[\\]][A-Za-z0-9._:\\[\\]-]"
+                                            "{0,199}$"},
+                                {"pattern": "^ollama/[\\s\\S]+$"}],
+                            "examples": ["claude-code", "sonnet", "ollama/llama3.2"]},
+                        "messages": {"type": "array", "minItems": 1,
+                                     "items": ref("ChatMessage")},
+                        "stream": nullable("boolean"),
+                        "stream_options": {
+                            "type": ["object", "null"],
+                            "properties": {"include_usage": nullable(
+                                "boolean", description="Send a last chunk with `usage` "
+                                "(and no choices) before `[DONE]`.")}},
+                        "n": nullable("integer", minimum=1, maximum=1,
+                                      description="Only 1 is supported."),
+                        "temperature": nullable("number", minimum=0, maximum=2,
+                                                description="Ollama only; Claude ignores it."),
+                        "top_p": nullable("number", minimum=0, maximum=1,
+                                          description="Ollama only."),
+                        "max_tokens": nullable("integer", minimum=1, maximum=10_000_000,
+                                               description="Ollama only (num_predict)."),
+                        "max_completion_tokens": nullable(
+                            "integer", minimum=1, maximum=10_000_000,
+                            description="Ollama only; wins over max_tokens."),
+                        "stop": {"oneOf": [{"type": "null"}, {"type": "string"},
+                                           {"type": "array", "items": {"type": "string"}}],
+                                 "description": "Ollama only."},
+                        "seed": nullable("integer", minimum=-2 ** 63, maximum=2 ** 63 - 1,
+                                         description="Ollama only."),
+                        "tools": {
+                            "type": ["array", "null"], "items": ref("Tool"),
+                            "description": "Ollama only: passed on as they are. Claude Code "
+                                           "runs its own tools."},
+                        "tool_choice": {
+                            "description": "Accepted and ignored.",
+                            "oneOf": [
+                                {"type": "null"},
+                                {"type": "string", "enum": ["none", "auto", "required"]},
+                                {"type": "object", "required": ["type", "function"],
+                                 "properties": {
+                                     "type": {"const": "function"},
+                                     "function": {"type": "object", "required": ["name"],
+                                                  "properties": {
+                                                      "name": {"type": "string"}}}}}]},
+                        "response_format": {
+                            "description": "Ollama only: json_object -> format \"json\", "
+                                           "json_schema -> format <schema>.",
+                            "oneOf": [
+                                {"type": "null"},
+                                {"type": "object", "required": ["type"],
+                                 "properties": {"type": {"enum": ["text", "json_object"]}}},
+                                {"type": "object", "required": ["type", "json_schema"],
+                                 "properties": {
+                                     "type": {"const": "json_schema"},
+                                     "json_schema": {
+                                         "type": "object", "required": ["name"],
+                                         "properties": {
+                                             "name": {"type": "string"},
+                                             "description": {"type": "string"},
+                                             "strict": nullable("boolean"),
+                                             "schema": {"type": "object"}}}}}]},
+                        "user": {"type": ["string", "null"],
+                                 "description": "Accepted and ignored."},
+                    },
+                },
+                "ChatMessage": {"oneOf": [
+                    {"type": "object", "required": ["role", "content"],
+                     "description": "System and developer messages become Claude Code's "
+                                    "system prompt (appended, or replacing it with "
+                                    "CLAUDE_SYSTEM_PROMPT=replace).",
+                     "properties": {"role": {"enum": ["system", "developer"]},
+                                    "content": content, "name": message_name}},
+                    {"type": "object", "required": ["role", "content"],
+                     "properties": {"role": {"const": "user"}, "content": content,
+                                    "name": message_name}},
+                    {"type": "object", "required": ["role"],
+                     "description": "`content` may be null or absent only with tool_calls.",
+                     "properties": {
+                         "role": {"const": "assistant"},
+                         "content": {"oneOf": [{"type": "null"}, *content["oneOf"]]},
+                         "name": message_name,
+                         "tool_calls": {"type": ["array", "null"],
+                                        "items": ref("MessageToolCall")}},
+                     "anyOf": [
+                         {"required": ["content"],
+                          "properties": {"content": {"type": ["string", "array"]}}},
+                         {"required": ["tool_calls"],
+                          "properties": {"tool_calls": {"type": "array", "minItems": 1}}}]},
+                    {"type": "object", "required": ["role", "content"],
+                     "properties": {
+                         "role": {"const": "tool"}, "content": content,
+                         "tool_call_id": {
+                             "type": "string",
+                             "description": "The id of the assistant tool call it answers."}}},
+                ]},
+                "MessageToolCall": {
+                    "type": "object", "required": ["function"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "type": {"const": "function"},
+                        "function": {
+                            "type": "object", "required": ["name"],
+                            "properties": {
+                                "name": {"type": "string"},
+                                "arguments": {
+                                    "type": "string", "default": "{}",
+                                    "description": "A JSON object, as a string (Ollama "
+                                                   "refuses anything else with a 400)."}}}}},
+                "Tool": {
+                    "type": "object", "required": ["type", "function"],
+                    "properties": {
+                        "type": {"const": "function"},
+                        "function": {
+                            "type": "object", "required": ["name"],
+                            "properties": {
+                                "name": {"type": "string"},
+                                "description": {"type": "string"},
+                                "parameters": {"type": "object"},
+                                "strict": nullable("boolean")}}}},
+                "ToolCall": {
+                    "type": "object", "additionalProperties": False,
+                    "required": ["id", "type", "function"],
+                    "properties": {
+                        "id": {"type": "string", "pattern": "^call_[0-9a-f]{24}$"},
+                        "type": {"const": "function"},
+                        "function": {
+                            "type": "object", "additionalProperties": False,
+                            "required": ["name", "arguments"],
+                            "properties": {"name": {"type": "string"},
+                                           "arguments": {"type": "string",
+                                                         "contentMediaType":
+                                                             "application/json"}}}}},
+                "ToolCallDelta": {
+                    "type": "object", "additionalProperties": False,
+                    "required": ["index", "id", "type", "function"],
+                    "description": "A whole tool call in one delta, numbered from 0 across "
+                                   "the stream.",
+                    "properties": {
+                        "index": {"type": "integer", "minimum": 0},
+                        "id": {"type": "string", "pattern": "^call_[0-9a-f]{24}$"},
+                        "type": {"const": "function"},
+                        "function": {
+                            "type": "object", "additionalProperties": False,
+                            "required": ["name", "arguments"],
+                            "properties": {"name": {"type": "string"},
+                                           "arguments": {"type": "string"}}}}},
+                "Usage": {
+                    "type": "object", "additionalProperties": False,
+                    "required": ["prompt_tokens", "completion_tokens", "total_tokens",
+                                 "prompt_tokens_details"],
+                    "description": "prompt_tokens = input + cache creation + cache read "
+                                   "tokens; cached_tokens = cache read.",
+                    "properties": {
+                        "prompt_tokens": {"type": "integer", "minimum": 0},
+                        "completion_tokens": {"type": "integer", "minimum": 0},
+                        "total_tokens": {"type": "integer", "minimum": 0},
+                        "prompt_tokens_details": {
+                            "type": "object", "additionalProperties": False,
+                            "required": ["cached_tokens"],
+                            "properties": {"cached_tokens": {"type": "integer",
+                                                             "minimum": 0}}}}},
+                "FinishReason": {"type": "string", "enum": ["stop", "length", "tool_calls"]},
+                "ChatCompletion": {
+                    "type": "object", "additionalProperties": False,
+                    "required": ["id", "object", "created", "model", "system_fingerprint",
+                                 "choices", "usage"],
+                    "properties": {
+                        "id": {"type": "string", "pattern": "^chatcmpl-[0-9a-f]{24}$"},
+                        "object": {"const": "chat.completion"},
+                        "created": {"type": "integer"},
+                        "model": {"type": "string", "description": "As the client named it."},
+                        "system_fingerprint": {"type": "null"},
+                        "choices": {"type": "array", "minItems": 1, "maxItems": 1, "items": {
+                            "type": "object", "additionalProperties": False,
+                            "required": ["index", "message", "logprobs", "finish_reason"],
+                            "properties": {
+                                "index": {"const": 0},
+                                "message": {
+                                    "type": "object", "additionalProperties": False,
+                                    "required": ["role", "content"],
+                                    "properties": {
+                                        "role": {"const": "assistant"},
+                                        "content": nullable(
+                                            "string", description="null only beside "
+                                            "tool_calls with no text."),
+                                        "tool_calls": {"type": "array", "minItems": 1,
+                                                       "items": ref("ToolCall")}}},
+                                "logprobs": {"type": "null"},
+                                "finish_reason": ref("FinishReason")}}},
+                        "usage": ref("Usage"),
+                    }},
+                "ChatCompletionChunk": {
+                    "type": "object", "additionalProperties": False,
+                    "required": ["id", "object", "created", "model", "system_fingerprint",
+                                 "choices"],
+                    "description": "Every chunk of a stream has the same id and created. The "
+                                   "first delta is `{\"role\": \"assistant\", \"content\": "
+                                   "\"\"}`; with include_usage the last chunk has no choices "
+                                   "and the usage.",
+                    "properties": {
+                        "id": {"type": "string", "pattern": "^chatcmpl-[0-9a-f]{24}$"},
+                        "object": {"const": "chat.completion.chunk"},
+                        "created": {"type": "integer"},
+                        "model": {"type": "string"},
+                        "system_fingerprint": {"type": "null"},
+                        "choices": {"type": "array", "maxItems": 1, "items": {
+                            "type": "object", "additionalProperties": False,
+                            "required": ["index", "delta", "logprobs", "finish_reason"],
+                            "properties": {
+                                "index": {"const": 0},
+                                "delta": {
+                                    "type": "object", "additionalProperties": False,
+                                    "properties": {
+                                        "role": {"const": "assistant"},
+                                        "content": {"type": "string"},
+                                        "tool_calls": {"type": "array", "minItems": 1,
+                                                       "items": ref("ToolCallDelta")}}},
+                                "logprobs": {"type": "null"},
+                                "finish_reason": {"oneOf": [{"type": "null"},
+                                                            ref("FinishReason")]}}}},
+                        "usage": ref("Usage"),
+                    }},
+                "ChatCompletionStreamEvent": {
+                    "type": "object", "required": ["data"],
+                    "description": "One Server-Sent Event of a stream (`: keep-alive` comments "
+                                   "come between them while the backend is silent): a "
+                                   "chat.completion.chunk, an error object (the stream failed; "
+                                   "it ends there, without [DONE]), or the closing `[DONE]`.",
+                    "properties": {
+                        "event": {"const": "message"},
+                        "data": {"anyOf": [
+                            {"const": "[DONE]"},
+                            {"type": "string", "contentMediaType": "application/json",
+                             "contentSchema": {"oneOf": [ref("ChatCompletionChunk"),
+                                                         ref("Error")]}}]}}},
+                "Model": {
+                    "type": "object", "additionalProperties": False,
+                    "required": ["id", "object", "created", "owned_by"],
+                    "properties": {
+                        "id": {"type": "string", "examples": ["claude-code",
+                                                              "ollama/llama3.2:latest"]},
+                        "object": {"const": "model"},
+                        "created": {"type": "integer", "description": "Claude models: when "
+                                    "the bridge started; Ollama's: modified_at (0 if unknown)."},
+                        "owned_by": {"type": "string", "enum": ["anthropic", "ollama"]}}},
+                "ModelList": {
+                    "type": "object", "additionalProperties": False,
+                    "required": ["object", "data"],
+                    "properties": {"object": {"const": "list"},
+                                   "data": {"type": "array", "items": ref("Model")}}},
+                "UsageSummary": {
+                    "type": "object", "additionalProperties": False,
+                    "required": ["model", "provider", "requests", "errors", "prompt_tokens",
+                                 "completion_tokens", "total_tokens", "avg_duration_ms",
+                                 "cached_tokens", "cost_usd"],
+                    "properties": {
+                        "model": nullable("string", description="null only for rows migrated "
+                                          "without one."),
+                        "provider": nullable("string"),
+                        "requests": {"type": "integer", "minimum": 1},
+                        "errors": {"type": "integer", "minimum": 0,
+                                   "description": "Requests whose outcome was not ok."},
+                        "prompt_tokens": {"type": "integer", "minimum": 0},
+                        "completion_tokens": {"type": "integer", "minimum": 0},
+                        "total_tokens": {"type": "integer", "minimum": 0},
+                        "avg_duration_ms": {"type": "number", "minimum": 0},
+                        "cached_tokens": {"type": "integer", "minimum": 0},
+                        "cost_usd": {"type": "number", "minimum": 0}}},
+                "UsageRow": {
+                    "type": "object", "additionalProperties": False,
+                    "required": ["id", "ts", "request_id", "x_request_id", "model", "provider",
+                                 "session_id", "stream", "outcome", "status", "error",
+                                 "prompt_tokens", "completion_tokens", "total_tokens",
+                                 "cached_tokens", "cost_usd", "duration_ms", "ttft_ms"],
+                    "description": "One request. Rows migrated from the Go bridge have null "
+                                   "request_id, status and session fields.",
+                    "properties": {
+                        "id": {"type": "integer"},
+                        "ts": {"type": "string", "format": "date-time",
+                               "description": "UTC, with milliseconds."},
+                        "request_id": nullable("string", description="The completion's id "
+                                               "(chatcmpl-...)."),
+                        "x_request_id": nullable("string", description="The request's "
+                                                 "X-Request-ID."),
+                        "model": nullable("string"),
+                        "provider": nullable("string", examples=["claude", "ollama"]),
+                        "session_id": nullable("string"),
+                        "stream": {"type": "boolean"},
+                        "outcome": {"type": "string", "enum": ["ok", "error", "cancelled"]},
+                        "status": nullable("integer", description="HTTP status; 499 = the "
+                                           "client went away."),
+                        "error": nullable("string", maxLength=500),
+                        "prompt_tokens": {"type": "integer", "minimum": 0},
+                        "completion_tokens": {"type": "integer", "minimum": 0},
+                        "total_tokens": {"type": "integer", "minimum": 0},
+                        "cached_tokens": {"type": "integer", "minimum": 0},
+                        "cost_usd": {"type": "number", "minimum": 0},
+                        "duration_ms": nullable("integer", minimum=0),
+                        "ttft_ms": nullable("integer", minimum=0,
+                                            description="Time to the first token; null when "
+                                                        "none came.")}},
+                "UsageBucket": {
+                    "type": "object", "additionalProperties": False,
+                    "required": ["bucket", "requests", "errors", "prompt_tokens",
+                                 "completion_tokens", "total_tokens", "cost_usd"],
+                    "properties": {
+                        "bucket": {"type": "string", "format": "date-time",
+                                   "description": "Start of the minute, hour or day (UTC)."},
+                        "requests": {"type": "integer", "minimum": 0},
+                        "errors": {"type": "integer", "minimum": 0},
+                        "prompt_tokens": {"type": "integer", "minimum": 0},
+                        "completion_tokens": {"type": "integer", "minimum": 0},
+                        "total_tokens": {"type": "integer", "minimum": 0},
+                        "cost_usd": {"type": "number", "minimum": 0}}},
+                "Health": {
+                    "type": "object", "additionalProperties": False,
+                    "required": ["status", "version", "backends", "database"],
+                    "properties": {
+                        "status": {"type": "string", "enum": ["ok", "degraded"],
+                                   "description": "ok: the database works and at least one "
+                                                  "backend is usable."},
+                        "version": {"type": "string"},
+                        "backends": {
+                            "type": "object", "additionalProperties": False,
+                            "required": ["claude", "ollama"],
+                            "properties": {
+                                "claude": {
+                                    "type": "object", "additionalProperties": False,
+                                    "required": ["ok", "binary", "version", "error"],
+                                    "properties": {"ok": {"type": "boolean"},
+                                                   "binary": nullable("string"),
+                                                   "version": nullable("string"),
+                                                   "error": nullable("string")}},
+                                "ollama": {
+                                    "type": "object", "additionalProperties": False,
+                                    "required": ["ok", "url", "version", "error"],
+                                    "properties": {"ok": {"type": "boolean"},
+                                                   "url": {"type": "string"},
+                                                   "version": nullable("string"),
+                                                   "error": nullable("string")}}}},
+                        "database": {
+                            "type": "object", "additionalProperties": False,
+                            "required": ["path", "ok", "error"],
+                            "properties": {"path": {"type": "string"},
+                                           "ok": {"type": "boolean"},
+                                           "error": nullable("string")}}}},
+            },
+        },
+    }
 
 
 def _provider(model):
