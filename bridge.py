@@ -1344,7 +1344,7 @@ class ClaudeRun(Run):
         binary = backend.binary()  # 503 at once when missing
         self.images = [_claude_image(url, f"messages[{i}].content")
                        for i, m in enumerate(chat.messages) for url in m["images"]]
-        self.warm = None
+        self.held = None  # a running CLI this request uses: warm, or kept from a session
         # Turns of one session run one at a time: concurrent resumes lose a turn.
         if chat.session_id is not None:
             if not backend.session_locks.acquire(chat.session_id, settings.claude_queue_timeout):
@@ -1362,15 +1362,15 @@ class ClaudeRun(Run):
         self.known = None  # the session's Claude UUID, workdir, cost so far
         if chat.session_id is None:
             # A stateless request takes a warm CLI (and its slot) when there is one.
-            self.warm = backend.pool.take(self.warm_key)
+            self.held = backend.pool.take(self.warm_key)
         else:
             known = backend.store.get_claude_session(chat.session_id)
             if known is not None and known[1] == backend.workdir:
                 self.known = known
                 # ... a session's turn, its CLI still running from the turn before.
-                self.warm = backend.live.take(chat.session_id, known[0], self.warm_key)
+                self.held = backend.live.take(chat.session_id, known[0], self.warm_key)
         try:
-            if self.warm is None and not backend.acquire_slot(settings.claude_queue_timeout):
+            if self.held is None and not backend.acquire_slot(settings.claude_queue_timeout):
                 raise RateLimited(
                     f"All {settings.claude_max_concurrency} Claude slots are busy "
                     f"(CLAUDE_MAX_CONCURRENCY); try again shortly.",
@@ -1405,9 +1405,9 @@ class ClaudeRun(Run):
             proc, self.proc = self.proc, None
         if proc is not None:
             self.backend.reap(proc)
-        if self.warm is not None:  # taken but never used (cancelled before it ran)
-            self.backend.reap(self.warm[0])
-            self.warm = None
+        if self.held is not None:  # taken but never used (cancelled before it ran)
+            self.backend.reap(self.held[0])
+            self.held = None
             # (its slot is this run's, released below)
         self._release()
         if self.chat.session_id is None:
@@ -1426,7 +1426,7 @@ class ClaudeRun(Run):
                 yield from self._attempt(*stateless)  # the warm CLI had died: a cold one
             return
         known = self.known
-        if known is not None and self.warm is not None:
+        if known is not None and self.held is not None:
             claude_uuid, _, previous_cost = known
             outcome = yield from self._attempt(
                 model, system, [], new_turn_prompt(chat.messages),
@@ -1456,9 +1456,9 @@ class ClaudeRun(Run):
             return None
         backend = self.backend
         keep = session is not None and backend.live.keepalive > 0
-        was_held = self.warm is not None
+        was_held = self.held is not None
         if was_held:
-            (proc, stderr), self.warm = self.warm, None
+            (proc, stderr), self.held = self.held, None
         else:
             proc = self.backend.spawn(self.backend.argv(self.binary, model, system,
                                                         session_flags))

@@ -13,6 +13,8 @@ import time
 import pytest
 import requests
 
+import test_bridge
+
 
 if os.environ.get("CI"):
     from playwright import sync_api
@@ -95,12 +97,7 @@ def api(br, path, key=None):
 
 
 def wait_until(predicate, timeout=TIMEOUT_MS / 1000):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
+    return test_bridge.wait_until(predicate, timeout)
 
 
 def open_dashboard(page, br):
