@@ -2866,8 +2866,11 @@ def make_app(settings):
             record.write("cancelled", 499, "client disconnected", run=run)
             return bottle.HTTPResponse(status=400)  # nobody is listening
         finally:
-            if run is not None and not handed_off:
-                run.close()
+            if not handed_off:
+                if run is not None:
+                    run.close()
+                # A bug took another way out: the row is still written (Bottle answers 500).
+                record.write("error", 500, "internal error in the bridge", run=run)
 
     def _complete(chat, events, record):
         parts, calls = [], []
@@ -2947,6 +2950,11 @@ def make_app(settings):
             except GeneratorExit:
                 record.write("cancelled", 499, "client disconnected", run=run)
                 raise
+            except Exception as exc:  # a bug: still one error event, one row, no traceback
+                log(f"stream failed: {exc!r}")
+                failure = BridgeError("Internal error in the bridge; see its log.")
+                record.write("error", 500, failure.message, run=run)
+                yield writer.error(failure)
             finally:
                 run.close()
 
