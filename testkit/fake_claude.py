@@ -639,7 +639,6 @@ def api_error_turn(s, name, text=None):
 def tool_turn(s, prompt, max_turns_hit=False):
     """2.1.332-tool-use.jsonl: text + tool_use, tool_result, final text."""
     T = "tool-use.jsonl"
-    P = "stream-partial.jsonl"
     mid1, mid2 = "msg_fake_" + new_hex(16), "msg_fake_" + new_hex(16)
     rid1, rid2 = "req_fake_" + new_hex(12), "req_fake_" + new_hex(12)
     tid = "toolu_fake_" + new_hex(10)
