@@ -55,18 +55,18 @@ def _int_between(low, high):
     return parse
 
 
-def _seconds(raw):
-    value = float(raw.strip())
-    if not 0 < value <= 86400:
-        raise ValueError("expected seconds, more than 0 and at most 86400")
-    return value
+def _seconds_up_to_a_day(zero_ok):
+    def parse(raw):
+        value = float(raw.strip())
+        if not (0 <= value if zero_ok else 0 < value) or value > 86400:
+            raise ValueError("expected seconds, " + ("from 0" if zero_ok else "more than 0")
+                             + " to 86400")
+        return value
+    return parse
 
 
-def _seconds_or_zero(raw):
-    value = float(raw.strip())
-    if not 0 <= value <= 86400:
-        raise ValueError("expected seconds, from 0 to 86400")
-    return value
+_seconds = _seconds_up_to_a_day(zero_ok=False)
+_seconds_or_zero = _seconds_up_to_a_day(zero_ok=True)
 
 
 def _one_of(*choices):
@@ -700,6 +700,13 @@ class KeyedLocks:
         self._lock = threading.Lock()
         self._locks = {}  # key -> [lock, users]
 
+    def take_turn(self, session_id, timeout):
+        """Take a session's lock, or RateLimited: turns of one session run one at a time."""
+        if not self.acquire(session_id, timeout):
+            raise RateLimited(f"Another request of session {session_id!r} is still running; "
+                              "send turns of one session one at a time.",
+                              headers={"Retry-After": "5"})
+
     def acquire(self, key, timeout):
         """Take the key's lock; False if it stayed busy for `timeout` seconds."""
         with self._lock:
@@ -1311,14 +1318,29 @@ def _claude_usage(usage):
 
 
 _NO_CONVERSATION = "No conversation found"
+_DATA_URL = re.compile(r"^data:(image/[A-Za-z0-9.+-]+);base64,(.*)\Z", re.S)
+
+
+def _data_url(url, param):
+    """(media type, base64 data) of a `data:image/...;base64,` URL; None for other URLs."""
+    match = _DATA_URL.match(url)
+    if match is None:
+        return None
+    data = re.sub(r"\s+", "", match.group(2))
+    try:
+        base64.b64decode(data, validate=True)
+    except binascii.Error:
+        raise InvalidRequest("The image's base64 data is not valid.", param=param) from None
+    return match.group(1), data
 
 
 def _claude_image(url, param):
     """An OpenAI image URL as an Anthropic image content block."""
-    match = re.match(r"^data:(image/[A-Za-z0-9.+-]+);base64,(.*)$", url, re.S)
-    if match:
-        return {"type": "image", "source": {"type": "base64", "media_type": match.group(1),
-                                            "data": re.sub(r"\s+", "", match.group(2))}}
+    inline = _data_url(url, param)
+    if inline:
+        media_type, data = inline
+        return {"type": "image", "source": {"type": "base64", "media_type": media_type,
+                                            "data": data}}
     if url.startswith(("http://", "https://")):
         return {"type": "image", "source": {"type": "url", "url": url}}
     raise InvalidRequest("An image URL must be 'data:image/...;base64,...' or http(s).",
@@ -1347,10 +1369,7 @@ class ClaudeRun(Run):
         self.held = None  # a running CLI this request uses: warm, or kept from a session
         # Turns of one session run one at a time: concurrent resumes lose a turn.
         if chat.session_id is not None:
-            if not backend.session_locks.acquire(chat.session_id, settings.claude_queue_timeout):
-                raise RateLimited(f"Another request of session {chat.session_id!r} is still "
-                                  "running; send turns of one session one at a time.",
-                                  headers={"Retry-After": "5"})
+            backend.session_locks.take_turn(chat.session_id, settings.claude_queue_timeout)
             self.session_held = True
         system = chat.system_text()
         if "\x00" in system or len(system.encode("utf-8")) > _MAX_ARG_BYTES:
@@ -1665,18 +1684,10 @@ class _ClaudeEvents:
         return f"Claude Code CLI: {message}"
 
 
-_DATA_URL = re.compile(r"^data:image/[A-Za-z0-9.+-]+;base64,([A-Za-z0-9+/=\s]*)$", re.S)
-
-
 def _ollama_image(url, param):
-    match = _DATA_URL.match(url)
-    if match:
-        data = re.sub(r"\s+", "", match.group(1))
-        try:
-            base64.b64decode(data, validate=True)
-        except binascii.Error:
-            raise InvalidRequest("The image's base64 data is not valid.", param=param) from None
-        return data
+    inline = _data_url(url, param)
+    if inline:
+        return inline[1]
     if url.startswith(("http://", "https://")):
         raise InvalidRequest("Ollama takes images inline only: send them as "
                              "'data:image/png;base64,...' URLs, not http(s) links.",
@@ -1817,6 +1828,10 @@ class OllamaBackend:
                              "Start it with `ollama serve` or fix OLLAMA_URL.",
                              code="backend_unreachable")
 
+    def silent(self):
+        """The 504 for an Ollama that stopped answering."""
+        return BackendTimeout(f"Ollama sent nothing for {self.timeout[1]:g} s (OLLAMA_TIMEOUT)")
+
     def _get(self, path):
         return self.http().get(self.url + path, timeout=(self.settings.ollama_connect_timeout,
                                                         5))
@@ -1877,10 +1892,7 @@ class OllamaRun(Run):
         histories = backend.histories
         system, earlier = [], []
         if chat.session_id is not None:
-            if not histories.locks.acquire(chat.session_id, backend.settings.ollama_timeout):
-                raise RateLimited(f"Another request of session {chat.session_id!r} is still "
-                                  "running; send turns of one session one at a time.",
-                                  headers={"Retry-After": "5"})
+            histories.locks.take_turn(chat.session_id, backend.settings.ollama_timeout)
             self.session_held = True
             system, earlier = histories.get(chat.session_id)
         try:
@@ -1927,8 +1939,7 @@ class OllamaRun(Run):
         except requests.Timeout as exc:
             if isinstance(exc, requests.ConnectTimeout):
                 raise backend.unreachable(exc) from None
-            raise BackendTimeout(f"Ollama sent nothing for {backend.timeout[1]:g} s "
-                                 "(OLLAMA_TIMEOUT)") from None
+            raise backend.silent() from None
         except requests.RequestException as exc:
             raise backend.unreachable(exc) from None
         self.response = response
@@ -1944,8 +1955,7 @@ class OllamaRun(Run):
                 lines = [response.content]
             yield from self._read(lines)
         except requests.Timeout:
-            raise BackendTimeout(f"Ollama sent nothing for {backend.timeout[1]:g} s "
-                                 "(OLLAMA_TIMEOUT)") from None
+            raise backend.silent() from None
         except (requests.RequestException, OSError) as exc:
             if self._cancelled.is_set():
                 return
