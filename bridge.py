@@ -1329,7 +1329,7 @@ def _data_url(url, param):
     data = re.sub(r"\s+", "", match.group(2))
     try:
         base64.b64decode(data, validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or a str with non-ASCII characters
         raise InvalidRequest("The image's base64 data is not valid.", param=param) from None
     return match.group(1), data
 
@@ -2149,14 +2149,29 @@ def _session_id(environ):
     return raw
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 def parse_json_body(raw):
     """The request body as a JSON object, or InvalidRequest."""
     if not raw.strip():
         raise InvalidRequest("The request body is empty; send a JSON object.")
     try:
-        body = json.loads(raw)
+        # Decoded here, not by json.loads: that would let UTF-16 and encoded surrogates in.
+        body = json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"The request body is not UTF-8 ({exc.reason} at byte "
+                             f"{exc.start}); send JSON encoded as UTF-8.") from None
     except (ValueError, RecursionError) as exc:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}.") from None
+    if _SURROGATE_ESCAPE.search(raw):
+        # A lone \ud800-style escape parses, but no backend, pipe or database can take it.
+        try:
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidRequest("The request body has a lone UTF-16 surrogate escape "
+                                 "(\\ud800-\\udfff without its pair); send valid Unicode "
+                                 "text.") from None
     if not isinstance(body, dict):
         raise InvalidRequest(f"The request body must be a JSON object, not {_type_name(body)}.")
     return body
@@ -2741,6 +2756,10 @@ def make_app(settings):
         return _json_response({"object": "list", "data": data})
 
     def query(name):
+        # A repeated parameter is ambiguous (frameworks differ on first vs last): refuse it.
+        if len(bottle.request.query.getall(name)) > 1:
+            raise InvalidRequest(f"'{name}' was given more than once; give it once.",
+                                 param=name)
         value = bottle.request.query.getunicode(name)
         return value.strip() if value and value.strip() else None
 

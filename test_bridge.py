@@ -442,6 +442,12 @@ BAD_BODIES = [
      "temperature"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": true}', "max_tokens"),
     (b"[" * 100000 + b"]" * 100000, None),
+    # Not UTF-8 (Latin-1, UTF-16), or a lone surrogate no pipe or database can carry.
+    (b'{"messages": [{"role": "user", "content": "caf\xe9"}]}', None),
+    ('{"messages": [{"role": "user", "content": "hi"}]}'.encode("utf-16"), None),
+    (b'{"messages": [{"role": "user", "content": "\\ud800 hi"}]}', None),
+    (b'{"model": "ollama/\\udfffx", "messages": [{"role": "user", "content": "hi"}]}', None),
+    (b'{"messages": [{"role": "user", "content": "[image]", "x": ["\\udbff"]}]}', None),
 ]
 
 
@@ -452,6 +458,14 @@ def test_bad_requests_get_a_400_with_the_openai_error(br, body, param):
     err = assert_error(resp, 400)
     assert err["type"] == "invalid_request_error" and err["param"] == param
     assert "Traceback" not in resp.text
+
+
+def test_escaped_surrogate_pairs_and_a_byte_order_mark_are_fine(br):
+    body = b'\xef\xbb\xbf{"messages": [{"role": "user", "content": "\\ud83d\\ude00 ok"}]}'
+    resp = requests.post(br.url + "/v1/chat/completions", data=body, timeout=30,
+                         headers={"Content-Type": "application/json"})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["choices"][0]["message"]["content"].endswith("to: \U0001F600 ok")
 
 
 def test_images_become_content_blocks_of_the_stream_json_message(br):
@@ -1427,7 +1441,8 @@ def test_usage_filters_recent_and_timeseries(start, ollama_fake):
     ("/v1/usage/recent?limit=0", "limit"), ("/v1/usage/recent?limit=5000", "limit"),
     ("/v1/usage/recent?limit=ten", "limit"), ("/v1/usage/timeseries?bucket=week", "bucket"),
     ("/v1/usage/timeseries?bucket=minute", "since"),
-    ("/v1/usage/timeseries?bucket=minute&since=30d", "since")])
+    ("/v1/usage/timeseries?bucket=minute&since=30d", "since"),
+    ("/v1/usage/recent?limit=5&limit=", "limit"), ("/v1/usage?model=a&model=b", "model")])
 def test_bad_usage_filters_are_400(br, path, param):
     assert assert_error(requests.get(br.url + path, timeout=10), 400)["param"] == param
 

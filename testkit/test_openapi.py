@@ -19,6 +19,7 @@ import os
 import re
 import threading
 import time
+import urllib.parse
 
 import pytest
 import requests
@@ -34,10 +35,12 @@ from schemathesis.specs.openapi import checks as openapi_checks  # noqa: E402
 import bridge  # noqa: E402
 
 KEY = "openapi-test-key"
-SEED = 20261125
+# A fixed seed keeps CI repeatable; FUZZ_SEED and FUZZ_EXAMPLES widen a search by hand
+# (the seed alone does not pin the cases: hypothesis versions generate differently).
+SEED = int(os.environ.get("FUZZ_SEED") or 20261125)
 # Generated requests per operation in the fuzzing phase; the examples and coverage phases
 # add their own bounded sets. The whole run takes about 40 s.
-MAX_EXAMPLES = 25
+MAX_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES") or 25)
 
 CHECKS = (
     schemathesis.checks.not_a_server_error,
@@ -57,7 +60,7 @@ IGNORED_BODY_FIELDS = re.compile(r"(?!)")  # matches nothing
 #    That is usual for query strings and is not reported as a bug.
 
 
-def _tolerated(failure, case):
+def _tolerated(failure, case, response):
     """Whether a failed check is one of the known deviations above."""
     if not isinstance(failure, AcceptedNegativeData) or case.meta is None:
         return False
@@ -67,15 +70,12 @@ def _tolerated(failure, case):
         return bool(pointers) and all(IGNORED_BODY_FIELDS.search(p) for p in pointers)
     if data.parameter_location is not None and data.parameter_location.value == "query":
         names = {n for n in [data.parameter, *(m.parameter for m in data.mutations)] if n}
-        sent = case.query or {}
-        return bool(names) and all(
-            name in sent and all(str(v).strip() == "" for v in _values(sent[name]))
-            for name in names)
+        # Judge what went on the wire: an empty array or object serializes to nothing.
+        sent = urllib.parse.parse_qs(urllib.parse.urlsplit(response.request.url).query,
+                                     keep_blank_values=True)
+        return bool(names) and all(all(not v.strip() for v in sent.get(name, []))
+                                   for name in names)
     return False
-
-
-def _values(value):
-    return value if isinstance(value, list) else [value]
 
 
 @pytest.fixture
@@ -141,8 +141,16 @@ if "_nodeid" not in _pytest.nodes.Node.__init__.__code__.co_names \
 schema = schemathesis.pytest.from_fixture("api_schema")
 
 
+# Framing headers belong to the HTTP client: a generated `Content-Length: tUVB` tests
+# waitress's parser (a plain 400 before any route), not the bridge.
+FRAMING_HEADERS = {"content-length", "transfer-encoding", "host", "connection", "expect"}
+
+
 @schema.parametrize()
 def test_bridge_conforms_to_its_openapi_description(case, seen):
+    if case.headers:
+        for name in [n for n in case.headers if n.lower() in FRAMING_HEADERS]:
+            del case.headers[name]
     response = case.call(timeout=30)
     seen[(case.operation.label, response.status_code, _content_type(response))] += 1
     failures = []
@@ -150,7 +158,8 @@ def test_bridge_conforms_to_its_openapi_description(case, seen):
         try:
             case.validate_response(response, checks=[check])
         except FailureGroup as group:
-            failures.extend(f for f in group.exceptions if not _tolerated(f, case))
+            failures.extend(f for f in group.exceptions
+                            if not _tolerated(f, case, response))
     if failures:
         seen["failed"] += 1
         raise FailureGroup(failures, _describe(case, response, failures))
@@ -260,8 +269,10 @@ def test_documented_responses_beyond_generated_requests(start, live):
         CLAUDE_MAX_CONCURRENCY=1, CLAUDE_QUEUE_TIMEOUT=0.3, CLAUDE_IDLE_TIMEOUT=1,
         USAGE_DB_PATH=tmp / "slow.db", CLAUDE_AUTH_KEY=KEY))
     slow_api = load_schema(slow)
-    holder = threading.Thread(target=lambda: slow.post(
-        chat_body("[fake:slow:8:100]"), headers={"Authorization": f"Bearer {KEY}"}))
+    # The holder streams for 4 s so that a slow machine still finds the one slot taken.
+    held = []
+    holder = threading.Thread(target=lambda: held.append(slow.post(
+        chat_body("[fake:slow:40:100]"), headers={"Authorization": f"Bearer {KEY}"})))
     holder.start()
     try:
         deadline = time.monotonic() + 10
@@ -271,6 +282,7 @@ def test_documented_responses_beyond_generated_requests(start, live):
         assert header(limited, "Retry-After").isdigit()
     finally:
         holder.join(30)
+    assert held and held[0].status_code == 200
     conforms(slow_api, chat, 504, **post, body=chat_body("[fake:hang]"))
 
 
@@ -291,6 +303,10 @@ BRIDGE_BUGS = [
         "model": "ollama/llama3.2", "messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "data:image/png;base64,abc"}}]}]}},
         id="502-on-an-image-that-is-not-base64"),
+    pytest.param("/v1/chat/completions", {"method": "POST", "body": {
+        "model": "claude-code", "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": "data:image/y;base64,\u00e9X"}]}]}},
+        id="500-on-an-image-with-non-ascii-base64"),
 ]
 
 
