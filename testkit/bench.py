@@ -282,6 +282,18 @@ def _load(port, path, body, total, concurrency):
     return latencies, time.perf_counter() - t0
 
 
+def _start_bridge(argv, env):
+    """(process, port) of a bridge started from the repository root."""
+    proc = subprocess.Popen(argv, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    port = None
+    for line in proc.stderr:
+        if "listening on" in line:
+            port = int(line.rsplit(":", 1)[1].split("/")[0])
+            break
+    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+    return proc, port
+
+
 def overhead(args):
     tmp = tempfile.mkdtemp(prefix="bench-overhead-")
     fake = subprocess.Popen([sys.executable, str(ROOT / "testkit" / "fake_ollama.py"),
@@ -290,14 +302,14 @@ def overhead(args):
     fake_port = int(fake_url.rsplit(":", 1)[1])
     env = {**os.environ, "PORT": "0", "OLLAMA_URL": fake_url, "CLAUDE_WORKDIR": tmp,
            "USAGE_DB_PATH": os.path.join(tmp, "usage.db"), "THREADS": str(args.threads)}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "bridge.py")], env=env,
-                            stderr=subprocess.PIPE, text=True)
-    port = None
-    for line in proc.stderr:
-        if "listening on" in line:
-            port = int(line.rsplit(":", 1)[1].split("/")[0])
-            break
-    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+    # `python -m bridge` (as the installed command does) runs the cached bytecode; `python
+    # bridge.py` compiles the script first, and that memory stays resident.
+    module, _ = _start_bridge([sys.executable, "-m", "bridge"], env)
+    time.sleep(0.5)
+    module_rss = _rss_mib(module.pid)
+    module.terminate()
+    module.wait()
+    proc, port = _start_bridge([sys.executable, str(ROOT / "bridge.py")], env)
     try:
         time.sleep(0.5)
         idle_rss = _rss_mib(proc.pid)
@@ -346,7 +358,8 @@ def overhead(args):
                     {"role": "user", "content": f"session {i}: tell me something"}]}),
                 headers={"Content-Type": "application/json", "X-Session-ID": f"s-{i}"})
             client.conn.getresponse().read()
-        print(f"RSS of the bridge: idle {idle_rss:.1f} MiB; with 1,000 live sessions "
+        print(f"RSS of the bridge: idle {idle_rss:.1f} MiB as `python bridge.py`, "
+              f"{module_rss:.1f} MiB as `python -m bridge`; with 1,000 live sessions "
               f"{_rss_mib(proc.pid):.1f} MiB")
     finally:
         proc.terminate()
