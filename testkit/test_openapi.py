@@ -11,6 +11,7 @@ sends the requests no generator reaches (tool calls, a failing stream, each erro
 and checks those responses against the description too.
 
 Needs schemathesis (pinned in requirements-test.txt); outside CI the tests skip without it.
+To search wider by hand: `FUZZ_SEED=7 FUZZ_EXAMPLES=300 python -m pytest testkit/test_openapi.py`.
 """
 
 import collections
