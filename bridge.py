@@ -8,7 +8,6 @@ cost and outcome kept in SQLite. Run it with `python bridge.py`; `--help` lists 
 
 import argparse
 import base64
-import binascii
 import collections
 import datetime
 import hmac
