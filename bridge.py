@@ -95,6 +95,24 @@ def _directory(raw):
     return value
 
 
+def _host_list(raw):
+    names = [n.strip().lower() for n in raw.split(",") if n.strip()]
+    for name in names:
+        if name != "*" and not re.fullmatch(r"(\*\.)?[a-z0-9._-]+|\[[0-9a-f:.]+\]", name):
+            raise ValueError(f"{name!r} is not a host name, an IP address or *")
+    return tuple(names)
+
+
+def _origin_list(raw):
+    origins = [o.strip().rstrip("/").lower() for o in raw.split(",") if o.strip()]
+    for origin in origins:
+        if not re.fullmatch(r"https?://[a-z0-9._-]+(:[0-9]{1,5})?|https?://\[[0-9a-f:.]+\]"
+                            r"(:[0-9]{1,5})?|null", origin):
+            raise ValueError(f"{origin!r} is not an origin such as http://localhost:3000 "
+                             "(scheme, host and port only; no * and no path)")
+    return tuple(origins)
+
+
 def _model_setting(raw):
     value = raw.strip()
     if value != "claude-code" and not value.startswith("ollama/") \
@@ -105,6 +123,8 @@ def _model_setting(raw):
 
 # Model names passed to --model: plain names only, never something the CLI reads as a flag.
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9._:\[\]][A-Za-z0-9._:\[\]-]{0,199}\Z")  # \Z: no "\n"
+# What follows `ollama/`: the same, plus / and @ (hf.co/user/repo:tag, name@sha256:...).
+_OLLAMA_NAME = re.compile(r"^[A-Za-z0-9._:\[\]][A-Za-z0-9._:\[\]/@-]{0,199}\Z")
 
 
 Setting = collections.namedtuple("Setting", "name default parse help")
@@ -117,6 +137,21 @@ SETTINGS = (
     Setting("THREADS", "64", _int_between(4, 1024),
             "Worker threads; each open request or stream holds one."),
     Setting("MAX_BODY_MB", "32", _int_between(1, 1024), "Largest request body accepted, in MiB."),
+    Setting("MAX_CONNECTIONS", "1000", _int_between(16, 100_000),
+            "Client connections open at once; more wait in the listen queue."),
+    Setting("REQUEST_HEAD_TIMEOUT", "10", _seconds,
+            "Seconds a client gets to send a request's line and headers."),
+    Setting("REQUEST_BODY_TIMEOUT", "60", _seconds,
+            "Seconds a client gets to send a request's body once its headers are in."),
+    Setting("ALLOWED_HOSTS", "", _host_list,
+            "More names clients may reach the bridge by (the Host header), comma-separated; "
+            "* = any. localhost, loopback addresses and HOST are always allowed."),
+    Setting("CORS_ORIGINS", "", _origin_list,
+            "Web origins allowed to call the API from a browser (e.g. http://localhost:3000), "
+            "comma-separated; other pages are refused."),
+    Setting("ALLOW_EXPOSED_WITHOUT_KEY", "false", _parse_bool,
+            "Start on a non-loopback HOST without CLAUDE_AUTH_KEY (anyone who reaches the "
+            "port can use the API)."),
     Setting("CLAUDE_BIN", "", _text, "Path to the `claude` executable (default: found on PATH)."),
     Setting("CLAUDE_WORKDIR", "", _directory,
             "Working directory of the CLI (default: where the bridge was started)."),
@@ -133,12 +168,18 @@ SETTINGS = (
             "CLIs running at once (each needs 200-300 MB)."),
     Setting("CLAUDE_QUEUE_TIMEOUT", "30", _seconds,
             "Seconds a request waits for a free CLI slot before a 429."),
+    Setting("CLAUDE_QUEUE_MAX", "16", _int_between(0, 1024),
+            "Requests that may wait for a CLI slot at once; more get an immediate 429."),
     Setting("CLAUDE_WARM_POOL", "1", _int_between(0, 16),
             "Pre-started CLIs kept per model and system prompt (0 = off)."),
     Setting("CLAUDE_WARM_KEYS", "4", _int_between(1, 64),
             "Model and system prompt pairs kept warm (least recently used dropped)."),
     Setting("CLAUDE_SESSION_KEEPALIVE", "300", _seconds_or_zero,
             "Seconds a session's CLI stays running between turns (0 = resume each turn)."),
+    Setting("CLAUDE_SESSIONS", "10000", _int_between(1, 10_000_000),
+            "Claude sessions (X-Session-ID) remembered (least recently used forgotten)."),
+    Setting("CLAUDE_SESSION_DAYS", "30", _int_between(1, 3650),
+            "Days an unused Claude session is remembered."),
     Setting("CLAUDE_AUTH_KEY", "", _text,
             "If set, clients must send `Authorization: Bearer <key>` (all routes but /health)."),
     Setting("OLLAMA_URL", "http://localhost:11434", _http_url, "Base URL of the Ollama server."),
@@ -165,6 +206,8 @@ SETTINGS = (
 )
 
 Settings = collections.namedtuple("Settings", [s.name.lower() for s in SETTINGS])
+# Never shown in errors, and never passed on to the CLI's environment.
+SECRET_SETTINGS = ("CLAUDE_AUTH_KEY",)
 
 
 class SettingsError(ValueError):
@@ -201,15 +244,22 @@ def load_settings(environ=None, argv=None):
         try:
             values[s.name.lower()] = s.parse(raw)
         except ValueError as exc:
-            shown = "(hidden)" if s.name == "CLAUDE_AUTH_KEY" else repr(raw)
+            shown = "(hidden)" if s.name in SECRET_SETTINGS else repr(raw)
             raise SettingsError(f"{s.name}={shown} is not valid: {exc}") from None
     settings = Settings(**values)
-    if settings.claude_skip_perms and not settings.claude_auth_key \
-            and not _is_loopback(settings.host):
+    if settings.claude_auth_key or _is_loopback(settings.host):
+        return settings
+    if settings.claude_skip_perms:
         raise SettingsError(
             f"HOST={settings.host} with CLAUDE_SKIP_PERMS=true and no CLAUDE_AUTH_KEY would let "
             "anyone who reaches the port run commands as this user (the CLI runs tools "
             "without asking). Set CLAUDE_AUTH_KEY, or keep HOST=127.0.0.1.")
+    if not settings.allow_exposed_without_key:
+        raise SettingsError(
+            f"HOST={settings.host} without CLAUDE_AUTH_KEY would let anyone who reaches the "
+            "port use the API (read files through Claude Code, read usage). Set "
+            "CLAUDE_AUTH_KEY, keep HOST=127.0.0.1, or set ALLOW_EXPOSED_WITHOUT_KEY=true "
+            "to accept that.")
     return settings
 
 
@@ -256,6 +306,14 @@ class Unauthorized(BridgeError):
     status, type, code = 401, "invalid_request_error", "invalid_api_key"
 
 
+class Forbidden(BridgeError):
+    status, type, code = 403, "invalid_request_error", "forbidden"
+
+
+class UnsupportedMediaType(BridgeError):
+    status, type, code = 415, "invalid_request_error", "unsupported_media_type"
+
+
 class NotFound(BridgeError):
     status, type, code = 404, "invalid_request_error", "not_found"
 
@@ -288,8 +346,22 @@ class ClientGone(Exception):
     """The HTTP client went away; nothing more can be sent."""
 
 
+def _never():
+    return False
+
+
+def _escaped(text):
+    """`text` on one line: control and other unprintable characters as escapes."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
+
+
 def log(message):
-    """One line on stderr with a UTC timestamp."""
+    """One line on stderr with a UTC timestamp; whatever a request put in `message`
+    (paths, model names, CLI output) cannot start another line."""
+    message = _escaped(message)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     try:
         sys.stderr.write(f"{stamp} {message}\n")
@@ -383,9 +455,27 @@ def _migrate_x_request_id(db):
     db.execute("ALTER TABLE requests ADD COLUMN x_request_id TEXT")
 
 
+def session_tag(key, session_id):
+    """The short keyed hash that stands for a client's X-Session-ID everywhere outside the
+    request itself: the raw id lets anyone continue (and read) that conversation."""
+    return hmac.new(key, session_id.encode("utf-8"), "sha256").hexdigest()[:16]
+
+
+def _migrate_session_tags(db):
+    """v6: session ids are kept only as keyed hashes, under a key made here."""
+    key = secrets.token_bytes(32)
+    db.execute("CREATE TABLE bridge_meta (name TEXT PRIMARY KEY, value BLOB NOT NULL)")
+    db.execute("INSERT INTO bridge_meta VALUES ('session_key', ?)", (key,))
+    db.create_function("session_tag", 1, lambda raw: session_tag(key, raw), deterministic=True)
+    db.execute("UPDATE requests SET session_id = session_tag(session_id)"
+               " WHERE session_id IS NOT NULL")
+    db.execute("UPDATE OR REPLACE claude_sessions SET client_id = session_tag(client_id)")
+    db.execute("CREATE INDEX claude_sessions_updated ON claude_sessions(updated_at)")
+
+
 # Ordered: PRAGMA user_version is the number of migrations applied.
 MIGRATIONS = (_migrate_requests, _migrate_claude_sessions, _migrate_hourly_rollup,
-              _migrate_daily_rollup, _migrate_x_request_id)
+              _migrate_daily_rollup, _migrate_x_request_id, _migrate_session_tags)
 
 # Where sums come from, coarsest first: (table, key column, characters of `ts` in the key).
 # A time window is cut into whole days, then whole hours, then raw rows at its two edges.
@@ -473,20 +563,32 @@ class UsageStore:
     and reported by /health, and the bridge keeps serving.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, max_sessions=10_000, session_days=30):
         self.path = path
         self.lock = threading.Lock()
         self.last_error = None
         self.db = None
+        self.max_sessions = max_sessions
+        self.session_seconds = session_days * 86400
         try:
             self.db = self._open(path)
         except (sqlite3.Error, OSError) as exc:
             self._failed("open", exc)
+        rows = self._read("SELECT value FROM bridge_meta WHERE name = 'session_key'")
+        # Without a database, sessions last as long as the process: so does the key.
+        self.session_key = bytes(rows[0][0]) if rows else secrets.token_bytes(32)
+
+    def session_tag(self, session_id):
+        """The stored stand-in for a client's session id (None stays None)."""
+        return None if session_id is None else session_tag(self.session_key, session_id)
 
     @staticmethod
     def _open(path):
         # check_same_thread=False: every use is under self.lock. timeout: busy wait, in
         # seconds, for another process writing the same file (kept short: a request waits).
+        if path != ":memory:" and not os.path.exists(path):
+            # Rows hold prompts' costs and errors: this user's to read, nobody else's.
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         db = sqlite3.connect(path, timeout=2, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode survives a crash of this process; only power loss can drop
@@ -665,20 +767,35 @@ class UsageStore:
             out.append(item)
         return out
 
+    def _session_cutoff(self):
+        return _ts_text(time.time() - self.session_seconds)
+
     def get_claude_session(self, client_id):
         """(claude_uuid, workdir, total_cost_usd) for a client session id, or None."""
-        rows = self._read("SELECT claude_uuid, workdir, total_cost_usd"
-                          " FROM claude_sessions WHERE client_id = ?", (client_id,))
+        rows = self._read("SELECT claude_uuid, workdir, total_cost_usd FROM claude_sessions"
+                          " WHERE client_id = ? AND updated_at >= ?",
+                          (client_id, self._session_cutoff()))
         return rows[0] if rows else None
 
     def put_claude_session(self, client_id, claude_uuid, workdir, total_cost_usd):
-        """Remember (or move) a client session after a successful turn."""
+        """Remember (or move) a client session after a successful turn, forgetting the
+        sessions past CLAUDE_SESSION_DAYS and the least recent past CLAUDE_SESSIONS."""
         self._write((("INSERT INTO claude_sessions (client_id, claude_uuid, workdir,"
                       " total_cost_usd, updated_at) VALUES (?,?,?,?,?)"
                       " ON CONFLICT(client_id) DO UPDATE SET claude_uuid=excluded.claude_uuid,"
                       " workdir=excluded.workdir, total_cost_usd=excluded.total_cost_usd,"
                       " updated_at=excluded.updated_at",
-                      (client_id, claude_uuid, workdir, total_cost_usd, _utc_now_text())),))
+                      (client_id, claude_uuid, workdir, total_cost_usd, _utc_now_text())),
+                     ("DELETE FROM claude_sessions WHERE updated_at < ?",
+                      (self._session_cutoff(),)),
+                     ("DELETE FROM claude_sessions WHERE client_id IN (SELECT client_id FROM"
+                      " claude_sessions ORDER BY updated_at DESC LIMIT -1 OFFSET ?)",
+                      (self.max_sessions,))))
+
+    def claude_session_count(self):
+        """Client sessions remembered."""
+        rows = self._read("SELECT COUNT(*) FROM claude_sessions")
+        return rows[0][0] if rows else 0
 
     def close(self):
         """Close the connection."""
@@ -699,9 +816,14 @@ class KeyedLocks:
         self._lock = threading.Lock()
         self._locks = {}  # key -> [lock, users]
 
-    def take_turn(self, session_id, timeout):
-        """Take a session's lock, or RateLimited: turns of one session run one at a time."""
-        if not self.acquire(session_id, timeout):
+    def take_turn(self, session_id, timeout, line=None, gone=_never):
+        """Take a session's lock, or RateLimited: turns of one session run one at a time
+        (waiting in `line`, if given)."""
+        if line is not None:
+            taken = line.wait(lambda seconds: self.acquire(session_id, seconds), timeout, gone)
+        else:
+            taken = self.acquire(session_id, timeout)
+        if not taken:
             raise RateLimited(f"Another request of session {session_id!r} is still running; "
                               "send turns of one session one at a time.",
                               headers={"Retry-After": "5"})
@@ -731,6 +853,67 @@ class KeyedLocks:
 
     def __len__(self):
         return len(self._locks)
+
+
+# Seconds a backend's health probe is reused: /health is public, and must not become a
+# way to flood Ollama.
+_HEALTH_SECONDS = 5
+
+
+class Cached:
+    """A value recomputed at most every `max_age` seconds, by one caller at a time: the
+    others wait for that result instead of all computing it at once."""
+
+    def __init__(self, compute, max_age):
+        self.compute = compute
+        self.max_age = max_age
+        self.lock = threading.Lock()
+        self.value = None
+        self.stamp = 0.0
+
+    def get(self):
+        """The value, fresh enough."""
+        with self.lock:
+            if self.value is None or time.monotonic() - self.stamp >= self.max_age:
+                self.value = self.compute()
+                self.stamp = time.monotonic()
+            return self.value
+
+
+class WaitLine:
+    """Requests waiting for something scarce (a CLI slot, their session's turn). At most
+    `size` wait at once, so waiting requests never hold every server thread; a request
+    whose client has gone stops waiting at once."""
+
+    def __init__(self, size, setting):
+        self.size = size
+        self.setting = setting
+        self.lock = threading.Lock()
+        self.count = 0
+
+    def wait(self, acquire, timeout, gone):
+        """True once acquire(seconds) succeeds, False after `timeout`; RateLimited when
+        the line is full, ClientGone when the client left while waiting."""
+        if acquire(0):
+            return True
+        with self.lock:
+            if self.count >= self.size:
+                raise RateLimited(f"{self.count} requests are already waiting ({self.setting}); "
+                                  "try again shortly.", headers={"Retry-After": "5"})
+            self.count += 1
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if gone():
+                    raise ClientGone()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                if acquire(min(left, 0.25)):
+                    return True
+        finally:
+            with self.lock:
+                self.count -= 1
 
 
 class ChatHistories:
@@ -936,12 +1119,135 @@ class Run:
             self._finished.wait(timeout=10)
 
 
-# argv strings are limited to 128 KiB each by the kernel (MAX_ARG_STRLEN).
-_MAX_ARG_BYTES = 120_000
 # How long a signalled CLI gets to exit before SIGKILL.
 _KILL_GRACE_SECONDS = 2.0
 # stderr kept per CLI for error messages (the rest is drained and dropped).
 _STDERR_KEEP_BYTES = 64 * 1024
+
+
+class PrivateFiles:
+    """Files only this user can read (a 0700 folder made on first use, each file 0600):
+    how system prompts reach the CLI without appearing in its argv."""
+
+    def __init__(self, prefix):
+        self.prefix = prefix
+        self.folder = None
+        self.lock = threading.Lock()
+
+    def where(self):
+        """The folder (made now if need be)."""
+        import tempfile
+        with self.lock:
+            if self.folder is None:
+                self.folder = tempfile.mkdtemp(prefix=self.prefix)
+            return self.folder
+
+    def write(self, text):
+        """A new file holding `text`; its path."""
+        path = os.path.join(self.where(), uuid.uuid4().hex)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode("utf-8"))
+        return path
+
+    def remove(self, path):
+        """Remove a file made by write() (None: nothing to do)."""
+        if path is not None:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+    def close(self):
+        """Remove the folder and whatever is left in it."""
+        with self.lock:
+            folder, self.folder = self.folder, None
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+# The reaper: reads "+PGID" / "-PGID" lines until EOF, which comes when the bridge is gone
+# however it ended (its write end closes with its last descriptor); then ends the groups
+# still listed, TERM first, KILL after 2 s, and removes the bridge's private folder.
+_REAPER_CODE = """
+import os, shutil, signal, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+groups = set()
+for line in sys.stdin:
+    (groups.add if line[0] == "+" else groups.discard)(int(line[1:]))
+for sig in (signal.SIGTERM, signal.SIGKILL):
+    for pgid in list(groups):
+        try:
+            os.killpg(pgid, sig)
+        except OSError:
+            groups.discard(pgid)
+    end = time.monotonic() + 2
+    while groups and sig == signal.SIGTERM and time.monotonic() < end:
+        time.sleep(0.05)
+        for pgid in list(groups):
+            try:
+                os.killpg(pgid, 0)
+            except OSError:
+                groups.discard(pgid)
+shutil.rmtree(sys.argv[1], ignore_errors=True)
+"""
+
+
+class Reaper:
+    """A watchdog process that outlives the bridge by a moment: if the bridge dies without
+    ending its CLIs (kill -9, a crash), the watchdog ends their process groups, children
+    included (the CLI itself would not stop: it ignores EOF on stdin mid-turn). Started
+    with the first CLI; costs one small Python process."""
+
+    def __init__(self, files):
+        self.files = files
+        self.lock = threading.Lock()
+        self.proc = None
+        self.groups = set()
+
+    def watch(self, pgid):
+        """End this process group if the bridge dies."""
+        self._send(pgid, "+")
+
+    def forget(self, pgid):
+        """The group has been ended by the bridge itself."""
+        self._send(pgid, "-")
+
+    def _send(self, pgid, op):
+        with self.lock:
+            (self.groups.add if op == "+" else self.groups.discard)(pgid)
+            for attempt in range(2):
+                try:
+                    if self.proc is None or self.proc.poll() is not None:
+                        self._start()  # first use, or it died: it learns every group
+                    else:
+                        self.proc.stdin.write(f"{op}{pgid}\n".encode())
+                    self.proc.stdin.flush()
+                    return
+                except OSError as exc:
+                    if attempt:
+                        log(f"the CLI reaper cannot run: {exc}")
+                    self.proc = None
+
+    def _start(self):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _REAPER_CODE, self.files.where()],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)  # not in the terminal's group: Ctrl-C is the bridge's
+        self.proc.stdin.write("".join(f"+{g}\n" for g in self.groups).encode())
+
+    def close(self):
+        """The bridge ended its CLIs itself: let the reaper go."""
+        with self.lock:
+            proc, self.proc = self.proc, None
+            self.groups.clear()
+        if proc is not None:
+            try:
+                proc.stdin.close()
+                proc.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                proc.kill()
+                proc.wait()
 
 
 def _kill_group(proc):
@@ -978,11 +1284,16 @@ class ClaudeBackend:
         self.workers = workers
         self.workdir = os.path.abspath(settings.claude_workdir or os.getcwd())
         self.slots = threading.BoundedSemaphore(settings.claude_max_concurrency)
+        self.line = WaitLine(settings.claude_queue_max, "CLAUDE_QUEUE_MAX")
         self.session_locks = KeyedLocks()
-        self.env = {k: v for k, v in os.environ.items() if k != "CLAUDECODE"}
+        # Not the bridge's own secrets, and not CLAUDECODE (the CLI refuses to nest).
+        self.env = {k: v for k, v in os.environ.items()
+                    if k != "CLAUDECODE" and k not in SECRET_SETTINGS}
+        self.files = PrivateFiles("claude-bridge-")
+        self.reaper = Reaper(self.files)
         self.procs = set()  # live CLI processes, for shutdown
         self.procs_lock = threading.Lock()
-        self._health = (0.0, None)
+        self._health = Cached(self._probe, 60)
         self.pool = WarmPool(self, settings.claude_warm_pool, settings.claude_warm_keys)
         self.live = LiveSessions(self, settings.claude_session_keepalive)
 
@@ -1007,9 +1318,9 @@ class ClaudeBackend:
 
     def health(self):
         """Binary and version, cached for a minute so probes never pay a CLI start."""
-        stamp, cached = self._health
-        if cached is not None and time.monotonic() - stamp < 60:
-            return cached
+        return self._health.get()
+
+    def _probe(self):
         state = {"ok": False, "binary": None, "version": None, "error": None}
         try:
             state["binary"] = self.binary()
@@ -1026,40 +1337,46 @@ class ClaudeBackend:
             state["error"] = exc.message
         except (OSError, subprocess.SubprocessError) as exc:
             state["error"] = f"cannot run {state['binary']}: {exc}"
-        self._health = (time.monotonic(), state)
         return state
 
     def open(self, chat):
         """Start a turn for a parsed chat request."""
         return ClaudeRun(self, chat)
 
-    def argv(self, binary, model, system, session_flags):
-        """The CLI's argv: only flags and values the bridge checked, never the prompt."""
+    def argv(self, binary, model, system_file, session_flags):
+        """The CLI's argv: only flags and values the bridge checked, never the prompt or
+        the system prompt (any local user can read argv in /proc/PID/cmdline)."""
         argv = [binary, "-p", "--input-format", "stream-json", "--output-format", "stream-json",
                 "--verbose", "--include-partial-messages"]
         if model != "claude-code":
             argv.append("--model=" + model)
-        if system:
-            flag = ("--system-prompt=" if self.settings.claude_system_prompt == "replace"
-                    else "--append-system-prompt=")
-            argv.append(flag + system)
+        if system_file:
+            flag = ("--system-prompt-file=" if self.settings.claude_system_prompt == "replace"
+                    else "--append-system-prompt-file=")
+            argv.append(flag + system_file)
         if self.settings.claude_skip_perms:
             argv.append("--dangerously-skip-permissions")
         argv.extend(session_flags)
         return argv
 
-    def spawn(self, argv):
-        """Start a CLI in its own process group (so the whole group can be signalled)."""
+    def spawn(self, binary, model, system, session_flags):
+        """Start a CLI in its own process group (so the whole group can be signalled),
+        known to the reaper; its system prompt goes in a private file, removed at reap."""
+        system_file = self.files.write(system) if system else None
+        argv = self.argv(binary, model, system_file, session_flags)
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, cwd=self.workdir, env=self.env,
                                     start_new_session=True)
-        except FileNotFoundError:
-            raise BackendUnavailable(f"cannot run {argv[0]}: not found. Install the CLI or "
-                                     "fix CLAUDE_BIN.", code="claude_not_found") from None
         except OSError as exc:
-            raise BackendUnavailable(f"cannot run {argv[0]}: {exc}. Check CLAUDE_BIN and "
+            self.files.remove(system_file)
+            if isinstance(exc, FileNotFoundError):
+                raise BackendUnavailable(f"cannot run {binary}: not found. Install the CLI "
+                                         "or fix CLAUDE_BIN.", code="claude_not_found") from None
+            raise BackendUnavailable(f"cannot run {binary}: {exc}. Check CLAUDE_BIN and "
                                      "CLAUDE_WORKDIR.") from None
+        proc.system_file = system_file
+        self.reaper.watch(proc.pid)
         with self.procs_lock:
             self.procs.add(proc)
         return proc
@@ -1067,6 +1384,8 @@ class ClaudeBackend:
     def reap(self, proc):
         """End a CLI's process group and forget it."""
         _kill_group(proc)
+        self.reaper.forget(proc.pid)
+        self.files.remove(getattr(proc, "system_file", None))
         with self.procs_lock:
             self.procs.discard(proc)
 
@@ -1078,13 +1397,16 @@ class ClaudeBackend:
             procs = list(self.procs)
         for proc in procs:
             self.reap(proc)
+        self.reaper.close()
+        self.files.close()
 
-    def acquire_slot(self, timeout):
-        """A CLI slot: a free one, else one an idle warm CLI gives up, else wait."""
+    def acquire_slot(self, timeout, gone=_never):
+        """A CLI slot: a free one, else one an idle warm CLI gives up, else wait in line."""
         if self.slots.acquire(blocking=False):
             return True
         self.pool.evict_one() or self.live.evict_one()
-        return self.slots.acquire(timeout=timeout)
+        return self.line.wait(lambda seconds: self.slots.acquire(timeout=seconds),
+                              timeout, gone)
 
 
 # A warm CLI older than this is replaced rather than used (it may hold stale state).
@@ -1225,8 +1547,8 @@ class WarmPool:
                 self.starting[key] += 1
             try:
                 model, system = key
-                proc = self.backend.spawn(self.backend.argv(
-                    self.backend.binary(), model, system, ["--no-session-persistence"]))
+                proc = self.backend.spawn(self.backend.binary(), model, system,
+                                          ["--no-session-persistence"])
             except BridgeError:
                 self.backend.slots.release()
                 with self.lock:
@@ -1368,15 +1690,10 @@ class ClaudeRun(Run):
         self.held = None  # a running CLI this request uses: warm, or kept from a session
         # Turns of one session run one at a time: concurrent resumes lose a turn.
         if chat.session_id is not None:
-            backend.session_locks.take_turn(chat.session_id, settings.claude_queue_timeout)
+            backend.session_locks.take_turn(chat.session_id, settings.claude_queue_timeout,
+                                            backend.line, chat.client_gone)
             self.session_held = True
-        system = chat.system_text()
-        if "\x00" in system or len(system.encode("utf-8")) > _MAX_ARG_BYTES:
-            self._release()
-            raise InvalidRequest(f"System messages must be under {_MAX_ARG_BYTES} bytes "
-                                 "without NUL characters (the CLI takes them as an argument).",
-                                 param="messages")
-        self.warm_key = (chat.model, system)
+        self.warm_key = (chat.model, chat.system_text())
         self.known = None  # the session's Claude UUID, workdir, cost so far
         if chat.session_id is None:
             # A stateless request takes a warm CLI (and its slot) when there is one.
@@ -1388,7 +1705,8 @@ class ClaudeRun(Run):
                 # ... a session's turn, its CLI still running from the turn before.
                 self.held = backend.live.take(chat.session_id, known[0], self.warm_key)
         try:
-            if self.held is None and not backend.acquire_slot(settings.claude_queue_timeout):
+            if self.held is None and not backend.acquire_slot(settings.claude_queue_timeout,
+                                                              chat.client_gone):
                 raise RateLimited(
                     f"All {settings.claude_max_concurrency} Claude slots are busy "
                     f"(CLAUDE_MAX_CONCURRENCY); try again shortly.",
@@ -1477,9 +1795,11 @@ class ClaudeRun(Run):
         was_held = self.held is not None
         if was_held:
             (proc, stderr), self.held = self.held, None
+        elif self.chat.client_gone():
+            self._cancelled.set()  # nobody to answer: never start a CLI for it
+            return None
         else:
-            proc = self.backend.spawn(self.backend.argv(self.binary, model, system,
-                                                        session_flags))
+            proc = self.backend.spawn(self.binary, model, system, session_flags)
             stderr = _StderrTail(proc.stderr)
         with self.proc_lock:
             self.proc = proc
@@ -1815,7 +2135,7 @@ class OllamaBackend:
         self._http.mount("http://", adapter)
         self._http.mount("https://", adapter)
         self._tags = (0.0, [])
-        self._health = (0.0, None)
+        self._health = Cached(self._probe, _HEALTH_SECONDS)
 
     def http(self):
         """The requests session (thread-safe for what the bridge does: no cookies)."""
@@ -1852,11 +2172,12 @@ class OllamaBackend:
         self._tags = (time.monotonic(), cached)
         return cached
 
-    def health(self, max_age=0.0):
-        """Reachability and version of Ollama (a result up to max_age seconds old is fine)."""
-        stamp, cached = self._health
-        if cached is not None and time.monotonic() - stamp < max_age:
-            return cached
+    def health(self):
+        """Reachability and version of Ollama, asked at most every few seconds however
+        many callers ask."""
+        return self._health.get()
+
+    def _probe(self):
         state = {"ok": False, "url": self.url, "version": None, "error": None}
         try:
             resp = self._get("/api/version")
@@ -1864,7 +2185,6 @@ class OllamaBackend:
             state.update(ok=True, version=resp.json().get("version"))
         except (requests.RequestException, ValueError, AttributeError) as exc:
             state["error"] = f"not reachable: {exc}"
-        self._health = (time.monotonic(), state)
         return state
 
     def open(self, chat):
@@ -1896,6 +2216,12 @@ class OllamaRun(Run):
             system, earlier = histories.get(chat.session_id)
         try:
             own_system = [m for m in chat.messages if m["role"] in ("system", "developer")]
+            if chat.session_id is not None and \
+                    sum(_message_bytes(m) for m in own_system) > histories.max_bytes:
+                raise InvalidRequest(
+                    f"The system messages are over the {histories.max_bytes // 1024} KiB a "
+                    "session keeps (OLLAMA_SESSION_MAX_KB); send them without X-Session-ID, "
+                    "or shorter.", param="messages", code="session_too_large")
             self.new_messages = [m for m in chat.messages
                                  if m["role"] not in ("system", "developer")]
             self.system = own_system
@@ -2033,7 +2359,7 @@ class ChatRequest:
     """A validated chat completion request, normalized for the backends."""
 
     __slots__ = ("model", "messages", "stream", "include_usage", "session_id", "params",
-                 "request_id", "created")
+                 "request_id", "created", "client_gone")
 
     def system_text(self):
         """All system/developer messages joined, for the CLI's system prompt flag."""
@@ -2149,12 +2475,33 @@ def _session_id(environ):
 
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+# A JSON string (its escapes included), to tell structure from text.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+
+
+def _containers_allowed(size):
+    """Objects and arrays a body of `size` bytes may hold. Each costs Python 60-200 bytes
+    against 2-8 bytes of JSON, so `[{},{},...]` would cost ~25x its size once parsed
+    (830 MiB for 32 MiB); at one per 32 bytes, a body costs at most ~10x its size."""
+    return 10_000 + size // 32
+
+
+def _check_structure(raw):
+    """InvalidRequest if the body holds more objects and arrays than its size allows."""
+    allowed = _containers_allowed(len(raw))
+    if raw.count(b"{") + raw.count(b"[") <= allowed:
+        return  # the common case: brackets in strings count too, and it is still small
+    structure = _JSON_STRING.sub(b"", raw)
+    if structure.count(b"{") + structure.count(b"[") > allowed:
+        raise InvalidRequest(f"The request body has more than {allowed} JSON objects and "
+                             f"arrays; a body of {len(raw)} bytes may have at most that.")
 
 
 def parse_json_body(raw):
     """The request body as a JSON object, or InvalidRequest."""
     if not raw.strip():
         raise InvalidRequest("The request body is empty; send a JSON object.")
+    _check_structure(raw)
     try:
         # Decoded here, not by json.loads: that would let UTF-16 and encoded surrogates in.
         body = json.loads(raw.decode("utf-8-sig"))
@@ -2174,6 +2521,24 @@ def parse_json_body(raw):
     if not isinstance(body, dict):
         raise InvalidRequest(f"The request body must be a JSON object, not {_type_name(body)}.")
     return body
+
+
+def _checked_model(model):
+    """A model name both backends can take: bounded, and nothing a CLI reads as a flag."""
+    if model.startswith("ollama/"):
+        if len(model) == len("ollama/"):
+            raise InvalidRequest("Name the Ollama model: 'ollama/<name>', e.g. "
+                                 "'ollama/llama3.2'.", param="model")
+        name, pattern, allowed = (model[len("ollama/"):], _OLLAMA_NAME,
+                                  "letters, digits and . _ - : [ ] / @")
+    else:
+        name, pattern, allowed = model, _MODEL_NAME, "letters, digits and . _ - : [ ]"
+    if model != "claude-code" and not pattern.match(name):
+        raise InvalidRequest(
+            f"Model name {model[:80]!r} is not valid: use up to 200 {allowed} (not starting "
+            "with '-'), e.g. 'sonnet', 'claude-code' or 'ollama/llama3.2'.",
+            param="model", code="model_not_found")
+    return model
 
 
 def refused_chat(body, environ, default_model):
@@ -2202,7 +2567,7 @@ def parse_chat_request(body, environ, default_model):
     _expect(model, (str,), "model", "a string")
     if not model.strip():
         raise InvalidRequest("'model' must not be empty.", param="model")
-    chat.model = model
+    chat.model = _checked_model(model)
     messages = body.get("messages")
     if messages is None:
         raise InvalidRequest("'messages' is required.", param="messages")
@@ -2294,6 +2659,7 @@ def parse_chat_request(body, environ, default_model):
         params["response_format"] = fmt
     chat.params = params
     chat.session_id = _session_id(environ)
+    chat.client_gone = environ.get("waitress.client_disconnected") or _never
     chat.request_id = "chatcmpl-" + secrets.token_hex(12)
     chat.created = int(time.time())
     return chat
@@ -2559,7 +2925,8 @@ class Bridge:
 
     def __init__(self, settings):
         self.settings = settings
-        self.store = UsageStore(settings.usage_db_path)
+        self.store = UsageStore(settings.usage_db_path, settings.claude_sessions,
+                                settings.claude_session_days)
         self.workers = Workers()
         self.claude = ClaudeBackend(settings, self.store, self.workers)
         self.ollama = OllamaBackend(settings, self.workers)
@@ -2568,18 +2935,8 @@ class Bridge:
         self.max_body = settings.max_body_mb * 1024 * 1024
 
     def backend_for(self, model):
-        """The backend serving a model name, or InvalidRequest."""
-        if model.startswith("ollama/"):
-            if len(model) == len("ollama/"):
-                raise InvalidRequest("Name the Ollama model: 'ollama/<name>', e.g. "
-                                     "'ollama/llama3.2'.", param="model")
-            return self.ollama
-        if model != "claude-code" and not _MODEL_NAME.match(model):
-            raise InvalidRequest(
-                f"Model name {model[:80]!r} is not valid: use letters, digits and . _ - : [ ]"
-                " (not starting with '-'), e.g. 'sonnet' or 'claude-code'.",
-                param="model", code="model_not_found")
-        return self.claude
+        """The backend serving a (checked) model name."""
+        return self.ollama if model.startswith("ollama/") else self.claude
 
     def end_children(self):
         """End every CLI still running."""
@@ -2600,6 +2957,8 @@ def _events_with_housekeeping(run, environ, heartbeat):
         event = run.get(tick)
         now = time.monotonic()
         if event is _END:
+            if disconnected is not None and disconnected():
+                raise ClientGone()
             raise BackendFailed("the backend ended without a result")
         if event is None:
             if disconnected is not None and disconnected():
@@ -2627,14 +2986,106 @@ def _events_with_housekeeping(run, environ, heartbeat):
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/=+-]{1,128}\Z")
 
 
+_HOST_HEADER = re.compile(r"^(\[[0-9A-Fa-f:.]*\]|[^:\[\]]*)(?::[0-9]*)?\Z")
+
+
+def _is_ip_literal(name):
+    import ipaddress
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+        return True
+    except ValueError:
+        return False
+
+
+class BrowserGuard:
+    """Who may call the bridge at all, decided before any work.
+
+    A web page on this machine's browser is the threat: it can send "simple" cross-site
+    POSTs without a preflight, and by DNS rebinding make its own origin resolve to the
+    bridge and read the answers. So: the Host header must be a name of this bridge (an IP
+    address can never be rebound, so any IP literal is one); a request from a web page
+    (Origin, Sec-Fetch-Site) must come from the bridge's own origin or one listed in
+    CORS_ORIGINS; request bodies must be declared JSON, which no page can send to another
+    origin without a preflight."""
+
+    METHODS = "GET, POST, DELETE, OPTIONS"
+    HEADERS = "Authorization, Content-Type, X-Session-ID, X-Request-ID"
+    EXPOSED = "X-Request-ID, Retry-After"
+
+    def __init__(self, settings):
+        names = set(settings.allowed_hosts)
+        self.any_host = "*" in names
+        self.suffixes = tuple(n[1:] for n in names if n.startswith("*."))
+        host = settings.host.lower()
+        self.hosts = names | {"localhost", f"[{host}]" if ":" in host else host}
+        self.origins = frozenset(settings.cors_origins)
+
+    def host_allowed(self, header):
+        """Whether a Host header names this bridge."""
+        match = _HOST_HEADER.match(header.lower())
+        if match is None:
+            return False
+        name = match.group(1)
+        return (self.any_host or name in self.hosts or _is_ip_literal(name)
+                or (bool(self.suffixes) and name.endswith(self.suffixes)))
+
+    def check(self, environ):
+        """The listed origin the request comes from (for CORS headers), None for a
+        request from no other origin, or raise Forbidden / UnsupportedMediaType."""
+        host = environ.get("HTTP_HOST")
+        if host is not None and not self.host_allowed(host):
+            raise Forbidden(f"Host {host[:100]!r} is not a name of this bridge; add it to "
+                            "ALLOWED_HOSTS if it is (e.g. behind a reverse proxy).",
+                            code="host_not_allowed")
+        origin = environ.get("HTTP_ORIGIN")
+        site = environ.get("HTTP_SEC_FETCH_SITE", "").lower()
+        listed = origin is not None and origin.lower().rstrip("/") in self.origins
+        if origin is not None and not listed and site != "same-origin" and \
+                origin.lower().partition("://")[2] != (host or "").lower():
+            raise Forbidden(f"Requests from the web page at {origin[:100]!r} are refused; "
+                            "list its origin in CORS_ORIGINS to allow it.",
+                            code="origin_not_allowed")
+        if site == "cross-site" and not listed and not (
+                environ.get("HTTP_SEC_FETCH_MODE") == "navigate"
+                and environ.get("PATH_INFO") == "/dashboard"):
+            raise Forbidden("Requests from other web sites are refused; list the page's "
+                            "origin in CORS_ORIGINS to allow it.", code="origin_not_allowed")
+        if environ.get("REQUEST_METHOD") == "POST":
+            media = environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
+            if media != _JSON:
+                raise UnsupportedMediaType(
+                    f"Send the body as JSON with 'Content-Type: application/json' "
+                    f"(got {media[:60] or 'none'!r}).")
+        return origin if listed else None
+
+    def cors_headers(self, origin, preflight=False):
+        """The CORS headers for a response to a listed origin."""
+        headers = [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
+        if preflight:
+            headers += [("Access-Control-Allow-Methods", self.METHODS),
+                        ("Access-Control-Allow-Headers", self.HEADERS),
+                        ("Access-Control-Max-Age", "600")]
+        else:
+            headers.append(("Access-Control-Expose-Headers", self.EXPOSED))
+        return headers
+
+
+def _is_preflight(environ):
+    return (environ.get("REQUEST_METHOD") == "OPTIONS" and "HTTP_ORIGIN" in environ
+            and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ)
+
+
 class BridgeApp:
-    """The WSGI app: gives every request an X-Request-ID and, when it ends, one log line.
-    Everything else is the Bottle app inside (its attributes are reachable here)."""
+    """The WSGI app: refuses what BrowserGuard refuses, answers CORS preflights, gives
+    every request an X-Request-ID and, when it ends, one log line. Everything else is the
+    Bottle app inside (its attributes are reachable here)."""
 
     def __init__(self, inner, bridge, log_requests):
         self.inner = inner
         self.bridge = bridge
         self.log_requests = log_requests
+        self.guard = BrowserGuard(bridge.settings)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -2645,15 +3096,33 @@ class BridgeApp:
         environ["bridge.request_id"] = request_id
         started = time.monotonic()
         status_line = []
+        extra = [("X-Request-ID", request_id)]
 
         def start(status, headers, exc_info=None):
             status_line.append(status)
-            return start_response(status, [*headers, ("X-Request-ID", request_id)], exc_info)
+            return start_response(status, [*headers, *extra], exc_info)
 
-        body = self.inner(environ, start)
+        try:
+            origin = self.guard.check(environ)
+            if origin is not None:
+                preflight = _is_preflight(environ)
+                extra.extend(self.guard.cors_headers(origin, preflight))
+                if preflight:
+                    start("204 No Content", [])
+                    return []
+            body = self.inner(environ, start)
+        except BridgeError as exc:
+            start(f"{exc.status} {_REASONS.get(exc.status, 'Error')}",
+                  [("Content-Type", _JSON), *exc.headers.items()])
+            body = [_dumps(exc.body()).encode("utf-8")]
         if not self.log_requests:
             return body
         return _LoggedBody(body, environ, status_line, started)
+
+
+_REASONS = {400: "Bad Request", 403: "Forbidden", 408: "Request Timeout",
+            413: "Payload Too Large", 415: "Unsupported Media Type",
+            431: "Request Header Fields Too Large", 500: "Internal Server Error"}
 
 
 class _LoggedBody:
@@ -2701,23 +3170,27 @@ def make_app(settings):
     app.bridge = bridge
     auth_key = settings.claude_auth_key.encode("utf-8") if settings.claude_auth_key else None
 
+    def authorized():
+        if auth_key is None:
+            return True
+        header = bottle.request.get_header("Authorization", "")
+        scheme, _, token = header.strip().partition(" ")
+        # RFC 7235: the scheme is case-insensitive.
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            token.strip().encode("utf-8", "replace"), auth_key)
+
     @app.hook("before_request")
     def check_auth():
-        # /dashboard is a static page without data (it asks for the key itself), and the
-        # API description is public.
+        # /dashboard is a static page without data (it asks for the key itself), the API
+        # description is public, and /health says only "ok" or "degraded" without the key.
         path = bottle.request.path
-        if auth_key is None or path in ("/health", "/dashboard", "/openapi.json"):
+        if path in ("/health", "/dashboard", "/openapi.json") or authorized():
             return
         if path == "/metrics" and settings.metrics_loopback_open and _is_loopback(
                 bottle.request.environ.get("REMOTE_ADDR", "")):
             return
-        header = bottle.request.get_header("Authorization", "")
-        scheme, _, token = header.strip().partition(" ")
-        # RFC 7235: the scheme is case-insensitive.
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-                token.strip().encode("utf-8", "replace"), auth_key):
-            raise _error_response(Unauthorized(
-                "Missing or wrong API key: send 'Authorization: Bearer <CLAUDE_AUTH_KEY>'."))
+        raise _error_response(Unauthorized(
+            "Missing or wrong API key: send 'Authorization: Bearer <CLAUDE_AUTH_KEY>'."))
 
     def default_error(res):
         # Bottle's own errors (404, 405, 500): JSON, never HTML or a traceback.
@@ -2728,7 +3201,9 @@ def make_app(settings):
                                    f"{bottle.request.path}.")
         else:
             if res.traceback:
-                log(f"unhandled error on {bottle.request.path}:\n{res.traceback}")
+                log(f"unhandled error on {bottle.request.path}:")
+                for line in res.traceback.splitlines():
+                    log("  " + line)
             exc = BridgeError("Internal error in the bridge; see its log.")
             exc.status = res.status_code if res.status_code >= 400 else 500
         # Bottle applied `res` to the response already: set headers on the response.
@@ -2744,6 +3219,8 @@ def make_app(settings):
         # Either backend may be unused on a machine: "ok" needs one of them and the db.
         usable = any(b["ok"] for b in backends.values())
         status = "ok" if usable and database["ok"] else "degraded"
+        if not authorized():  # paths, versions and URLs are for the key's holder
+            return _json_response({"status": status})
         return _json_response({"status": status, "version": __version__,
                                "backends": backends, "database": database})
 
@@ -2815,7 +3292,7 @@ def make_app(settings):
         with claude.procs_lock:
             running = len(claude.procs)
         warm, live = claude.pool.count(), claude.live.count()
-        ollama_ok = int(bridge.ollama.health(max_age=5)["ok"])
+        ollama_ok = int(bridge.ollama.health()["ok"])
         text = bridge.metrics.render((
             ("bridge_claude_processes_running", "CLIs answering a request now.",
              max(0, running - warm - live)),
@@ -2870,9 +3347,12 @@ def make_app(settings):
             chat = parse_chat_request(body, environ, settings.claude_default_model)
         except InvalidRequest as exc:
             chat = refused_chat(body, environ, settings.claude_default_model)
+            chat.session_id = bridge.store.session_tag(chat.session_id)
             RequestRecord(bridge, chat, _provider(chat.model), environ).write(
                 "error", exc.status, exc.message)
             return _error_response(exc)
+        # From here on the session is known by its tag only: rows, logs, errors, keys.
+        chat.session_id = bridge.store.session_tag(chat.session_id)
         record = RequestRecord(bridge, chat, _provider(chat.model), environ)
         run = None
         handed_off = False
@@ -3050,7 +3530,7 @@ def openapi_document(version):
                "description": "Text, or content parts (text and images); the texts of the "
                               "parts are joined with newlines."}
     message_name = {"type": "string", "description": "Accepted and ignored."}
-    return {
+    document = {
         "openapi": "3.1.0",
         "info": {
             "title": "claude-bridge",
@@ -3207,12 +3687,18 @@ def openapi_document(version):
             "/health": {"get": {
                 "operationId": "getHealth",
                 "tags": ["service"],
-                "summary": "Backends and database state; never needs a key.",
-                "description": "Runs `claude --version` (cached for a minute) and asks Ollama "
-                               "for its version; never a chat.",
+                "summary": "Whether the bridge can serve; never needs a key.",
+                "description": "Without the key (when CLAUDE_AUTH_KEY is set) only `status`; "
+                               "with it, the backends' and database's details too. Runs "
+                               "`claude --version` (cached for a minute) and asks Ollama for "
+                               "its version (cached for 5 s); never a chat.",
                 "security": [],
-                "responses": {"200": ok_json("The state (also when degraded).",
-                                             ref("Health"))},
+                "responses": {"200": ok_json("The state (also when degraded).", {"oneOf": [
+                    ref("Health"), {
+                        "type": "object", "additionalProperties": False,
+                        "required": ["status"],
+                        "properties": {"status": {"type": "string",
+                                                  "enum": ["ok", "degraded"]}}}]})},
             }},
             "/dashboard": {"get": {
                 "operationId": "getDashboard",
@@ -3273,6 +3759,13 @@ def openapi_document(version):
                                     "or a model name that is not valid (code "
                                     "`model_not_found`)."),
                 "Unauthorized": error("Missing or wrong key (code `invalid_api_key`)."),
+                "Forbidden": error("A Host header that is not a name of this bridge (code "
+                                   "`host_not_allowed`; see ALLOWED_HOSTS), or a request from "
+                                   "a web page whose origin is not listed in CORS_ORIGINS "
+                                   "(code `origin_not_allowed`)."),
+                "UnsupportedMediaType": error("A body not sent as `Content-Type: "
+                                              "application/json` (code "
+                                              "`unsupported_media_type`)."),
             },
             "schemas": {
                 "Error": {
@@ -3650,6 +4143,14 @@ def openapi_document(version):
             },
         },
     }
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            # Refused before any route: a foreign Host or web page, and bodies not JSON.
+            operation["responses"]["403"] = {"$ref": "#/components/responses/Forbidden"}
+            if method == "post":
+                operation["responses"]["415"] = {
+                    "$ref": "#/components/responses/UnsupportedMediaType"}
+    return document
 
 
 def _provider(model):
@@ -3667,21 +4168,92 @@ def _retract(parts, void):
 # Server and main()
 # ----------------------------------------------------------------------------------------
 
+def _raise_fd_limit(wanted):
+    """Let the process hold `wanted` descriptors if the hard limit allows (poll() has no
+    1024 limit; a default soft RLIMIT_NOFILE of 1024 would be the cap instead)."""
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
+def _channel_class(settings):
+    """waitress's connection class, with two changes: its own errors (a 413 for a body over
+    MAX_BODY_MB, a 400 for a malformed request) are OpenAI error objects, not text/plain;
+    and a request must arrive within REQUEST_HEAD_TIMEOUT (+ REQUEST_BODY_TIMEOUT for its
+    body), so clients that trickle bytes cannot hold connections (slowloris)."""
+    from waitress.channel import HTTPChannel
+    from waitress.task import ErrorTask
+
+    class JsonErrorTask(ErrorTask):
+        def execute(self):
+            error = self.request.error
+            exc = PayloadTooLarge(
+                f"The request body is over the limit of {settings.max_body_mb} MiB "
+                "(MAX_BODY_MB).") if error.code == 413 else InvalidRequest(
+                f"{error.reason}: {error.body}", code="bad_http_request")
+            exc.status = error.code
+            body = _dumps(exc.body()).encode("utf-8")
+            given = self.request.headers.get("X_REQUEST_ID", "")
+            self.status = f"{error.code} {error.reason}"
+            self.response_headers += [
+                ("Content-Type", _JSON),
+                ("X-Request-ID", given if _SANE_REQUEST_ID.match(given) else uuid.uuid4().hex)]
+            self.set_close_on_finish()
+            self.content_length = len(body)
+            self.write(body)
+
+    head_limit = settings.request_head_timeout
+    whole_limit = head_limit + settings.request_body_timeout
+
+    class Channel(HTTPChannel):
+        error_task_class = JsonErrorTask
+        request_started = 0.0
+
+        def received(self, data):
+            if self.request is None and data:
+                self.request_started = time.monotonic()  # these bytes begin a request
+            return super().received(data)
+
+        def overdue(self, now):
+            request = self.request  # the one being received, if any
+            if request is None or request.completed:
+                return False
+            limit = whole_limit if request.headers_finished else head_limit
+            return now - self.request_started > limit
+
+    return Channel
+
+
 def create_server(settings, app=None):
     """A waitress server for the app (not yet running); port 0 picks a free port."""
     import waitress.server
     app = app or make_app(settings)
-    max_body = settings.max_body_mb * 1024 * 1024
+    _raise_fd_limit(settings.max_connections + settings.threads + 256)
     server = waitress.server.create_server(
         app, host=settings.host, port=settings.port, threads=settings.threads,
-        # Every open stream holds a connection; leave room beyond the worker threads.
-        connection_limit=max(100, settings.threads * 4),
+        # A connection still sending its request costs a socket, not a thread.
+        connection_limit=settings.max_connections,
+        cleanup_interval=1,  # how often overdue requests are looked for, in seconds
         # Lets the bridge notice a client that hung up while the backend is still silent.
         channel_request_lookahead=1,
-        # Our own 413 (OpenAI-shaped) is answered below this; waitress's is a backstop.
-        max_request_body_size=max_body * 2,
+        max_request_body_size=settings.max_body_mb * 1024 * 1024,
         asyncore_use_poll=True,  # select() cannot watch more than 1024 sockets
         ident="claude-bridge", expose_tracebacks=False)
+    server.channel_class = _channel_class(settings)
+    idle_cleanup = server.maintenance
+
+    def maintenance(now):
+        idle_cleanup(now)
+        mono = time.monotonic()
+        for channel in list(server.active_channels.values()):
+            if getattr(channel, "overdue", None) and channel.overdue(mono):
+                channel.will_close = True  # closed on the loop's next pass
+    server.maintenance = maintenance
     server.app = app
     return server
 
@@ -3758,6 +4330,12 @@ def main(argv=None):
         f"{'version ' + str(ollama['version']) if ollama['ok'] else 'not reachable'}; "
         f"database: {os.path.abspath(settings.usage_db_path)}; "
         f"auth: {'on' if settings.claude_auth_key else 'off'}")
+    if not settings.claude_auth_key and not _is_loopback(settings.host):
+        log(f"WARNING: listening on {settings.host} without CLAUDE_AUTH_KEY "
+            "(ALLOW_EXPOSED_WITHOUT_KEY=true): anyone who reaches this port can use the API")
+    if settings.threads < settings.claude_max_concurrency + settings.claude_queue_max + 8:
+        log(f"WARNING: THREADS={settings.threads} leaves little room beside "
+            f"CLAUDE_MAX_CONCURRENCY + CLAUDE_QUEUE_MAX; other requests may wait")
     serve(server, stop, settings.shutdown_timeout)
     log("stopped")
     return 0

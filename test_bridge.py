@@ -325,14 +325,26 @@ def test_model_names_that_could_be_flags_are_refused(br, model):
     assert br.chat_runs() == []
 
 
-def test_system_messages_go_to_append_system_prompt(br):
+def _system_file(run, flag):
+    """The path given to the CLI by `flag` (the file itself is gone after the run)."""
+    (path,) = [a.split("=", 1)[1] for a in run["argv"] if a.startswith(flag + "=")]
+    return path
+
+
+def test_system_messages_go_to_append_system_prompt_by_a_private_file(br):
     br.client().chat.completions.create(model="claude-code", messages=[
         {"role": "system", "content": "-be terse"},
         {"role": "developer", "content": "answer in French"},
         {"role": "user", "content": "hello"}])
     (run,) = br.chat_runs()
-    assert "--append-system-prompt=-be terse\n\nanswer in French" in run["argv"]
+    assert run["append_system_prompt"] == "-be terse\n\nanswer in French"
     assert prompt_of(run) == "hello"
+    # Never in argv (any local user reads /proc/PID/cmdline); the file was the user's
+    # alone, in a folder only the user can enter, and it is removed with the CLI.
+    assert not any("terse" in a or "French" in a for a in run["argv"])
+    path = _system_file(run, "--append-system-prompt-file")
+    assert os.stat(os.path.dirname(path)).st_mode & 0o777 == 0o700
+    assert wait_until(lambda: not os.path.exists(path))
 
 
 def test_system_prompt_can_replace_claude_codes_prompt(start):
@@ -341,7 +353,9 @@ def test_system_prompt_can_replace_claude_codes_prompt(start):
         {"role": "system", "content": "You are a pirate."},
         {"role": "user", "content": "hello"}])
     (run,) = br.chat_runs()
-    assert "--system-prompt=You are a pirate." in run["argv"]
+    assert run["system_prompt"] == "You are a pirate."
+    assert _system_file(run, "--system-prompt-file")
+    assert not any("pirate" in a for a in run["argv"])
 
 
 def test_history_is_flattened_with_the_last_user_message_last(br):
@@ -491,7 +505,8 @@ def test_images_become_content_blocks_of_the_stream_json_message(br):
 def test_bad_session_ids_are_400(br, value):
     resp = requests.post(br.url + "/v1/chat/completions", timeout=10,
                          data=json.dumps(user("hi")).encode(),
-                         headers={"X-Session-ID": value.encode("latin-1")})
+                         headers={"X-Session-ID": value.encode("latin-1"),
+                                  "Content-Type": "application/json"})
     assert assert_error(resp, 400)["param"] == "X-Session-ID"
 
 
@@ -636,7 +651,9 @@ def test_session_first_turn_then_resume_with_only_the_new_message(br):
     # total_cost_usd is cumulative: the second row holds only its own run's cost.
     rows = br.rows()
     assert [r["cost_usd"] for r in rows] == pytest.approx([0.0025006, 0.0025006])
-    assert [r["session_id"] for r in rows] == ["chat-1", "chat-1"]
+    # Rows hold the session's keyed tag, never the id (a bearer secret for the chat).
+    tag = br.app.bridge.store.session_tag("chat-1")
+    assert [r["session_id"] for r in rows] == [tag, tag] and len(tag) == 16
 
 
 def test_session_mapping_survives_a_restart(start):
@@ -751,7 +768,7 @@ def test_client_disconnect_while_cli_is_silent_ends_it_and_its_children(start):
     for stream in (True, False):
         sock = socket.create_connection(("127.0.0.1", br.server.effective_port))
         body = json.dumps({**user("[fake:child]"), "stream": stream}).encode()
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                      b"Content-Type: application/json\r\nContent-Length: "
                      + str(len(body)).encode() + b"\r\n\r\n" + body)
         assert wait_until(lambda: any("child_pid" in r for r in br.chat_runs()[-1:]))
@@ -1253,7 +1270,9 @@ def test_ollama_session_bounds(start, ollama_fake):
         client.chat.completions.create(model="ollama/llama3.2",
                                        extra_headers={"X-Session-ID": other},
                                        messages=[{"role": "user", "content": other}])
-    assert len(histories) == 2 and histories.get("bounded") == ([], [])
+    tag = br.app.bridge.store.session_tag
+    assert len(histories) == 2 and histories.get(tag("bounded")) == ([], [])
+    assert histories.get(tag("c")) != ([], [])
 
 
 def test_ollama_session_byte_cap_and_expiry(start, ollama_fake):
@@ -1265,10 +1284,11 @@ def test_ollama_session_byte_cap_and_expiry(start, ollama_fake):
                                    messages=[{"role": "user", "content": "a" * 300}])
     client.chat.completions.create(model="ollama/llama3.2", extra_headers=h,
                                    messages=[{"role": "user", "content": "b" * 300}])
-    system, kept = br.app.bridge.ollama.histories.get("small")
+    tag = br.app.bridge.store.session_tag("small")
+    system, kept = br.app.bridge.ollama.histories.get(tag)
     assert [m["content"][0] for m in kept if m["role"] == "user"] == ["b"]
     time.sleep(0.7)
-    assert br.app.bridge.ollama.histories.get("small") == ([], [])
+    assert br.app.bridge.ollama.histories.get(tag) == ([], [])
 
 
 # ----------------------------------------------------------------------------------------
@@ -1295,7 +1315,8 @@ def test_rows_for_every_outcome_with_units(start, ollama_fake):
         ("claude-code", "claude", "error", 502), ("claude-code", "claude", "error", 504),
         ("claude-code", "claude", "cancelled", 499)]
     ok, bad, failed, slow, gone = rows
-    assert ok["session_id"] == "s-1" and ok["request_id"].startswith("chatcmpl-")
+    assert ok["session_id"] == br.app.bridge.store.session_tag("s-1")
+    assert ok["request_id"].startswith("chatcmpl-")
     assert (ok["prompt_tokens"], ok["completion_tokens"], ok["total_tokens"],
             ok["cached_tokens"]) == (666, 44, 710, 333)
     assert ok["cost_usd"] == pytest.approx(0.0025006)
@@ -1494,7 +1515,13 @@ def test_skip_perms_without_key_on_a_public_address_is_refused(host):
         bridge.load_settings(environ={"HOST": host, "CLAUDE_SKIP_PERMS": "true"})
     bridge.load_settings(environ={"HOST": host, "CLAUDE_SKIP_PERMS": "true",
                                   "CLAUDE_AUTH_KEY": "k"})
-    bridge.load_settings(environ={"HOST": host})
+    bridge.load_settings(environ={"HOST": host, "CLAUDE_AUTH_KEY": "k"})
+    with pytest.raises(bridge.SettingsError, match="ALLOW_EXPOSED_WITHOUT_KEY"):
+        bridge.load_settings(environ={"HOST": host})
+    bridge.load_settings(environ={"HOST": host, "ALLOW_EXPOSED_WITHOUT_KEY": "true"})
+    with pytest.raises(bridge.SettingsError, match="run commands as this user"):
+        bridge.load_settings(environ={"HOST": host, "ALLOW_EXPOSED_WITHOUT_KEY": "true",
+                                      "CLAUDE_SKIP_PERMS": "true"})
     for loopback in ("127.0.0.1", "::1", "localhost"):
         bridge.load_settings(environ={"HOST": loopback, "CLAUDE_SKIP_PERMS": "true"})
 
@@ -1674,7 +1701,7 @@ def test_session_ids_shaped_like_flags_never_reach_argv(br, value):
 def test_session_id_with_nul_newline_or_10kb_is_refused(br, raw):
     body = json.dumps(user("hi")).encode()
     sock = socket.create_connection(("127.0.0.1", br.server.effective_port), timeout=10)
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
                  b"Content-Type: application/json\r\nX-Session-ID: " + raw + b"\r\n"
                  b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
     answer = b""

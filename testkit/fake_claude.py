@@ -210,6 +210,8 @@ VALUE_OPTS = {
     "--session-id": ("session_id", "<uuid>"),
     "--system-prompt": ("system_prompt", "<prompt>"),
     "--append-system-prompt": ("append_system_prompt", "<prompt>"),
+    "--system-prompt-file": ("system_prompt_file", "<file>"),
+    "--append-system-prompt-file": ("append_system_prompt_file", "<file>"),
     "--max-turns": ("max_turns", "<turns>"),
     "--permission-mode": ("permission_mode", "<mode>"),
     "--fallback-model": ("fallback_model", "<model>"),
@@ -891,6 +893,15 @@ def main():
         else:
             prompt = pos or stdin_text
     Log.start(argv, stdin_text, prompt)
+    # Read once at start, as the real CLI does (its messages for a missing file, exit 1).
+    for key, what in (("system_prompt_file", "System prompt"),
+                      ("append_system_prompt_file", "Append system prompt")):
+        if opts.get(key) is not None:
+            try:
+                with open(opts[key], encoding="utf-8") as f:
+                    Log.update(**{key[:-len("_file")]: f.read()})
+            except OSError:
+                die("Error: %s file not found: %s" % (what, opts[key]))
     if not stream_in and not prompt:
         die("Error: Input must be provided either through stdin or as a prompt argument when using --print")
 
