@@ -467,9 +467,11 @@ def _migrate_session_tags(db):
     db.execute("CREATE TABLE bridge_meta (name TEXT PRIMARY KEY, value BLOB NOT NULL)")
     db.execute("INSERT INTO bridge_meta VALUES ('session_key', ?)", (key,))
     db.create_function("session_tag", 1, lambda raw: session_tag(key, raw), deterministic=True)
+    db.execute("PRAGMA secure_delete = ON")  # the raw ids must not linger in free pages
     db.execute("UPDATE requests SET session_id = session_tag(session_id)"
                " WHERE session_id IS NOT NULL")
     db.execute("UPDATE OR REPLACE claude_sessions SET client_id = session_tag(client_id)")
+    db.execute("PRAGMA secure_delete = OFF")
     db.execute("CREATE INDEX claude_sessions_updated ON claude_sessions(updated_at)")
 
 
@@ -604,6 +606,9 @@ class UsageStore:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+        if version < len(MIGRATIONS):
+            # Into the main file now: what a migration replaced must not stay readable.
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return db
 
     def _failed(self, what, exc):
@@ -2482,8 +2487,8 @@ _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
 def _containers_allowed(size):
     """Objects and arrays a body of `size` bytes may hold. Each costs Python 60-200 bytes
     against 2-8 bytes of JSON, so `[{},{},...]` would cost ~25x its size once parsed
-    (830 MiB for 32 MiB); at one per 32 bytes, a body costs at most ~10x its size."""
-    return 10_000 + size // 32
+    (830 MiB for 32 MiB); at one per 40 bytes, a body costs at most ~10x its size."""
+    return 10_000 + size // 40
 
 
 def _check_structure(raw):
