@@ -3548,7 +3548,10 @@ def openapi_document(version):
                            "`CLAUDE_AUTH_KEY` is set, every route except /health, /dashboard "
                            "and /openapi.json needs `Authorization: Bearer <key>` (a 401 "
                            "otherwise); an unknown route is a 404 and a wrong method a 405, "
-                           "both as error objects.",
+                           "both as error objects. Before any route, a `Host` that is not a "
+                           "name of the bridge, or a request from a web page whose origin "
+                           "is not in CORS_ORIGINS, is a 403, and a body not sent as "
+                           "`application/json` a 415.",
             "license": {"name": "MIT", "identifier": "MIT"},
         },
         "security": [{"bearerAuth": []}],

@@ -927,6 +927,11 @@ def test_real_cli_end_to_end(start, real_cli, tmp_path, monkeypatch):
         texts = [c.choices[0].delta.content for c in chunks if c.choices
                  and c.choices[0].delta.content]
         assert len(texts) > 2 and "".join(texts).endswith("to: stream please")
+        # System messages reach the real CLI through --append-system-prompt-file.
+        client.chat.completions.create(model="claude-code", messages=[
+            {"role": "system", "content": "Talk like a SYSTEM-PIRATE."},
+            {"role": "user", "content": "hi"}])
+        assert "SYSTEM-PIRATE" in json.dumps(api.requests[-1]["system"])
         h = {"X-Session-ID": "real"}
         client.chat.completions.create(model="claude-code", extra_headers=h,
                                        messages=[{"role": "user", "content": "PINEAPPLE"}])
