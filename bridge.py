@@ -3303,6 +3303,9 @@ def make_app(settings):
              max(0, running - warm - live)),
             ("bridge_claude_processes_warm", "Pre-started CLIs waiting for a request.", warm),
             ("bridge_claude_processes_kept", "Session CLIs kept between turns.", live),
+            ("bridge_claude_requests_waiting",
+             "Requests waiting for a CLI slot or their session's turn (CLAUDE_QUEUE_MAX).",
+             claude.line.count),
             ("bridge_ollama_up", "1 if Ollama answered its version request.", ollama_ok),
             ("bridge_database_up", "1 if the usage database can be written.",
              int(bridge.store.health()["ok"])),
@@ -4338,6 +4341,9 @@ def main(argv=None):
         f"{'version ' + str(ollama['version']) if ollama['ok'] else 'not reachable'}; "
         f"database: {os.path.abspath(settings.usage_db_path)}; "
         f"auth: {'on' if settings.claude_auth_key else 'off'}")
+    if not _is_loopback(settings.host) and not settings.allowed_hosts:
+        log("clients must reach the bridge by an IP address, localhost or HOST: list other "
+            "names (this machine's, a proxy's) in ALLOWED_HOSTS")
     if not settings.claude_auth_key and not _is_loopback(settings.host):
         log(f"WARNING: listening on {settings.host} without CLAUDE_AUTH_KEY "
             "(ALLOW_EXPOSED_WITHOUT_KEY=true): anyone who reaches this port can use the API")

@@ -9,26 +9,18 @@ Needs the same Playwright and Chromium as test_dashboard.py.
 """
 import http.server
 import json
-import os
 import threading
 
 import pytest
 
 import test_bridge
-from testkit.test_dashboard import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, sync_api
+from testkit.test_dashboard import TIMEOUT_MS, chromium
 
 
 @pytest.fixture(scope="module")
 def browser():
-    if not os.path.exists(CHROMIUM):
-        if os.environ.get("CI"):
-            pytest.fail(f"no Chromium at {CHROMIUM}: .ci/run installs Debian's chromium")
-        pytest.skip(f"no Chromium at {CHROMIUM}")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            *CHROMIUM_ARGS, "--host-resolver-rules=MAP evil.test 127.0.0.1"])
+    with chromium("--host-resolver-rules=MAP evil.test 127.0.0.1") as b:
         yield b
-        b.close()
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ browser Playwright downloads is not used). Outside CI the tests skip when either
 missing; in CI (CI set) that is a failure, since .ci/run installs both.
 Set DASHBOARD_SCREENSHOT=/path.png to save a screenshot of the page with data.
 """
+import contextlib
 import os
 import re
 import time
@@ -33,16 +34,23 @@ TIMEOUT_MS = 15_000
 expect.set_options(timeout=TIMEOUT_MS)
 
 
-@pytest.fixture(scope="module")
-def browser():
+@contextlib.contextmanager
+def chromium(*extra_args):
+    """Debian's headless Chromium under Playwright (a failure in CI when missing)."""
     if not os.path.exists(CHROMIUM):
         if os.environ.get("CI"):
             pytest.fail(f"no Chromium at {CHROMIUM}: .ci/run installs Debian's chromium")
         pytest.skip(f"no Chromium at {CHROMIUM}")
     with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *extra_args])
         yield b
         b.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with chromium() as b:
+        yield b
 
 
 class Page:
