@@ -342,6 +342,11 @@ class BackendTimeout(BridgeError):
     status, type, code = 504, "server_error", "timeout"
 
 
+def _too_large(settings):
+    return PayloadTooLarge(f"The request body is over the limit of {settings.max_body_mb} "
+                           "MiB (MAX_BODY_MB).")
+
+
 class ClientGone(Exception):
     """The HTTP client went away; nothing more can be sent."""
 
@@ -860,8 +865,8 @@ class KeyedLocks:
         return len(self._locks)
 
 
-# Seconds a backend's health probe is reused: /health is public, and must not become a
-# way to flood Ollama.
+# Seconds Ollama's version and model list are reused: /health and /v1/models must not
+# become a way to flood it.
 _HEALTH_SECONDS = 5
 
 
@@ -2139,7 +2144,7 @@ class OllamaBackend:
         adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=_OLLAMA_POOL)
         self._http.mount("http://", adapter)
         self._http.mount("https://", adapter)
-        self._tags = (0.0, [])
+        self._tags = Cached(self._fetch_models, _HEALTH_SECONDS)
         self._health = Cached(self._probe, _HEALTH_SECONDS)
 
     def http(self):
@@ -2162,20 +2167,18 @@ class OllamaBackend:
 
     def models(self):
         """Ollama's installed models as OpenAI model objects; cached a few seconds."""
-        stamp, cached = self._tags
-        if time.monotonic() - stamp < 5:
-            return cached
+        return self._tags.get()
+
+    def _fetch_models(self):
         try:
             resp = self._get("/api/tags")
             resp.raise_for_status()
             models = resp.json().get("models") or []
-            cached = [{"id": "ollama/" + str(m.get("name") or m.get("model")),
-                       "object": "model", "created": _epoch(m.get("modified_at")),
-                       "owned_by": "ollama"} for m in models if isinstance(m, dict)]
+            return [{"id": "ollama/" + str(m.get("name") or m.get("model")),
+                     "object": "model", "created": _epoch(m.get("modified_at")),
+                     "owned_by": "ollama"} for m in models if isinstance(m, dict)]
         except (requests.RequestException, ValueError, AttributeError):
-            cached = []
-        self._tags = (time.monotonic(), cached)
-        return cached
+            return []
 
     def health(self):
         """Reachability and version of Ollama, asked at most every few seconds however
@@ -3109,25 +3112,21 @@ class BridgeApp:
 
         try:
             origin = self.guard.check(environ)
+            preflight = origin is not None and _is_preflight(environ)
             if origin is not None:
-                preflight = _is_preflight(environ)
                 extra.extend(self.guard.cors_headers(origin, preflight))
-                if preflight:
-                    start("204 No Content", [])
-                    return []
-            body = self.inner(environ, start)
+            if preflight:
+                start("204 No Content", [])
+                body = []
+            else:
+                body = self.inner(environ, start)
         except BridgeError as exc:
-            start(f"{exc.status} {_REASONS.get(exc.status, 'Error')}",
+            start(f"{exc.status} {bottle.HTTP_CODES[exc.status]}",
                   [("Content-Type", _JSON), *exc.headers.items()])
             body = [_dumps(exc.body()).encode("utf-8")]
         if not self.log_requests:
             return body
         return _LoggedBody(body, environ, status_line, started)
-
-
-_REASONS = {400: "Bad Request", 403: "Forbidden", 408: "Request Timeout",
-            413: "Payload Too Large", 415: "Unsupported Media Type",
-            431: "Request Header Fields Too Large", 500: "Internal Server Error"}
 
 
 class _LoggedBody:
@@ -3342,10 +3341,8 @@ def make_app(settings):
             length = int(environ.get("CONTENT_LENGTH") or 0)
         except ValueError:
             length = 0
-        if length > bridge.max_body:
-            return _error_response(PayloadTooLarge(
-                f"The request body is {length} bytes; the limit is {bridge.max_body} "
-                "(MAX_BODY_MB)."))
+        if length > bridge.max_body:  # (under waitress, its parser answers this first)
+            return _error_response(_too_large(settings))
         raw = environ["wsgi.input"].read(length) if length else b""
         try:
             body = parse_json_body(raw)
@@ -4203,9 +4200,7 @@ def _channel_class(settings):
     class JsonErrorTask(ErrorTask):
         def execute(self):
             error = self.request.error
-            exc = PayloadTooLarge(
-                f"The request body is over the limit of {settings.max_body_mb} MiB "
-                "(MAX_BODY_MB).") if error.code == 413 else InvalidRequest(
+            exc = _too_large(settings) if error.code == 413 else InvalidRequest(
                 f"{error.reason}: {error.body}", code="bad_http_request")
             exc.status = error.code
             body = _dumps(exc.body()).encode("utf-8")
@@ -4262,7 +4257,7 @@ def create_server(settings, app=None):
         idle_cleanup(now)
         mono = time.monotonic()
         for channel in list(server.active_channels.values()):
-            if getattr(channel, "overdue", None) and channel.overdue(mono):
+            if channel.overdue(mono):
                 channel.will_close = True  # closed on the loop's next pass
     server.maintenance = maintenance
     server.app = app
