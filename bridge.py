@@ -4192,8 +4192,9 @@ def _raise_fd_limit(wanted):
 def _channel_class(settings):
     """waitress's connection class, with two changes: its own errors (a 413 for a body over
     MAX_BODY_MB, a 400 for a malformed request) are OpenAI error objects, not text/plain;
-    and a request must arrive within REQUEST_HEAD_TIMEOUT (+ REQUEST_BODY_TIMEOUT for its
-    body), so clients that trickle bytes cannot hold connections (slowloris)."""
+    and a request's head must arrive within REQUEST_HEAD_TIMEOUT, and its body within
+    REQUEST_BODY_TIMEOUT after that, so clients that trickle bytes cannot hold connections
+    (slowloris)."""
     from waitress.channel import HTTPChannel
     from waitress.task import ErrorTask
 
@@ -4213,24 +4214,28 @@ def _channel_class(settings):
             self.content_length = len(body)
             self.write(body)
 
-    head_limit = settings.request_head_timeout
-    whole_limit = head_limit + settings.request_body_timeout
+    head_limit, body_limit = settings.request_head_timeout, settings.request_body_timeout
 
     class Channel(HTTPChannel):
         error_task_class = JsonErrorTask
-        request_started = 0.0
+        request_started = head_done = None
 
         def received(self, data):
-            if self.request is None and data:
-                self.request_started = time.monotonic()  # these bytes begin a request
-            return super().received(data)
+            if self.request is None and data:  # these bytes begin a request
+                self.request_started, self.head_done = time.monotonic(), None
+            result = super().received(data)
+            if self.request is not None and self.request.headers_finished \
+                    and self.head_done is None:
+                self.head_done = time.monotonic()
+            return result
 
         def overdue(self, now):
             request = self.request  # the one being received, if any
             if request is None or request.completed:
                 return False
-            limit = whole_limit if request.headers_finished else head_limit
-            return now - self.request_started > limit
+            if self.head_done is None:
+                return now - self.request_started > head_limit
+            return now - self.head_done > body_limit
 
     return Channel
 
