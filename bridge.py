@@ -47,19 +47,25 @@ def _parse_bool(raw):
 
 def _int_between(low, high):
     def parse(raw):
-        value = int(raw.strip())
+        expected = f"expected a whole number from {low} to {high}"
+        if not re.fullmatch(r"\s*-?[0-9]+\s*", raw):
+            raise ValueError(expected)
+        value = int(raw)
         if not low <= value <= high:
-            raise ValueError(f"expected a whole number from {low} to {high}")
+            raise ValueError(expected)
         return value
     return parse
 
 
 def _seconds_up_to_a_day(zero_ok):
     def parse(raw):
-        value = float(raw.strip())
-        if not (0 <= value if zero_ok else 0 < value) or value > 86400:
-            raise ValueError("expected seconds, " + ("from 0" if zero_ok else "more than 0")
-                             + " to 86400")
+        expected = "expected seconds, " + ("from 0" if zero_ok else "more than 0") + " to 86400"
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ValueError(expected) from None
+        if not (0 <= value if zero_ok else 0 < value) or value > 86400:  # (nan fails too)
+            raise ValueError(expected)
         return value
     return parse
 
@@ -515,7 +521,8 @@ def parse_time(value, name, now=None):
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
         return _ts_text(max(0.0, now - min(seconds, now)))
     try:
-        moment = datetime.datetime.fromisoformat(value)
+        # Python 3.10's fromisoformat takes "+00:00" but not the "Z" everyone sends.
+        moment = datetime.datetime.fromisoformat(re.sub(r"[Zz]\Z", "+00:00", value))
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=datetime.timezone.utc)
         return _ts_text(max(0.0, moment.timestamp()))
@@ -1838,7 +1845,11 @@ class ClaudeRun(Run):
                 break
         result = parser.result
         if result is None or result.get("is_error"):
-            proc.stdout.close()
+            for pipe in (proc.stdin, proc.stdout):  # a kept CLI would wait for more input
+                try:
+                    pipe.close()
+                except OSError:
+                    pass
             try:
                 code = proc.wait(timeout=_KILL_GRACE_SECONDS)
             except subprocess.TimeoutExpired:
@@ -3228,6 +3239,17 @@ def make_app(settings):
         return _json_response({"status": status, "version": __version__,
                                "backends": backends, "database": database})
 
+    @app.get("/")
+    def index():
+        return _json_response({
+            "name": "claude-bridge", "version": __version__,
+            "message": "An OpenAI-compatible API over the Claude Code CLI and Ollama: point "
+                       "OpenAI clients at /v1 (base_url http://<this host>/v1). The usage "
+                       "dashboard is at /dashboard; the API is described at /openapi.json; "
+                       "the README tells the rest.",
+            "links": {"api": "/v1", "models": "/v1/models", "dashboard": "/dashboard",
+                      "openapi": "/openapi.json", "health": "/health", "usage": "/v1/usage"}})
+
     @app.get("/v1/models")
     def models():
         data = [{"id": name, "object": "model", "created": bridge.started,
@@ -3637,6 +3659,24 @@ def openapi_document(version):
                                  **{"Retry-After": retry_after}),
                     "504": error("CLAUDE_TIMEOUT, CLAUDE_IDLE_TIMEOUT or OLLAMA_TIMEOUT "
                                  "passed (code `timeout`)."),
+                },
+            }},
+            "/": {"get": {
+                "operationId": "getIndex",
+                "tags": ["service"],
+                "summary": "What this is and where to go: the API, the dashboard, this "
+                           "description.",
+                "responses": {
+                    "200": ok_json("Links.", {
+                        "type": "object", "additionalProperties": False,
+                        "required": ["name", "version", "message", "links"],
+                        "properties": {
+                            "name": {"const": "claude-bridge"},
+                            "version": {"type": "string"},
+                            "message": {"type": "string"},
+                            "links": {"type": "object",
+                                      "additionalProperties": {"type": "string"}}}}),
+                    "401": {"$ref": "#/components/responses/Unauthorized"},
                 },
             }},
             "/v1/models": {"get": {
@@ -4283,9 +4323,11 @@ def stop_server(server, thread, timeout=5.0):
         server.close()
 
 
-def serve(server, stop, grace):
+def serve(server, stop, grace, hurry=None):
     """Run the server until `stop` is set, then drain: stop accepting, give in-flight
-    requests `grace` seconds, end the backends' children, close everything."""
+    requests `grace` seconds (or until `hurry` is set), end the backends' children, close
+    everything."""
+    hurry = hurry or threading.Event()
     from waitress import wasyncore
     bridge = server.app.bridge
     loop = dict(map=server._map, use_poll=True, count=1)
@@ -4300,14 +4342,14 @@ def serve(server, stop, grace):
         return dispatcher.active_count or dispatcher.queue or any(
             getattr(ch, "total_outbufs_len", 0) for ch in list(server._map.values()))
 
-    while busy() and time.monotonic() < deadline:
+    while busy() and time.monotonic() < deadline and not hurry.is_set():
         wasyncore.loop(timeout=0.1, **loop)
     if busy():
         log(f"{dispatcher.active_count} request(s) still running after {grace:g} s; "
             "ending them")
     bridge.end_children()  # their requests now fail fast and write their usage rows
     end = time.monotonic() + 3
-    while dispatcher.active_count and time.monotonic() < end:
+    while dispatcher.active_count and time.monotonic() < end and not hurry.is_set():
         wasyncore.loop(timeout=0.1, **loop)
     wasyncore.close_all(server._map)
     dispatcher.shutdown(timeout=2)
@@ -4321,14 +4363,24 @@ def main(argv=None):
     except SettingsError as exc:
         print(f"claude-bridge: {exc}", file=sys.stderr)
         return 2
-    server = create_server(settings)
+    app = make_app(settings)
+    try:
+        server = create_server(settings, app)
+    except OSError as exc:  # the port is taken, or the address is not this machine's
+        app.bridge.close()
+        print(f"claude-bridge: cannot listen on {settings.host}:{settings.port} (HOST, PORT): "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return 2
     bridge = server.app.bridge
-    stop = threading.Event()
+    stop, hurry = threading.Event(), threading.Event()
 
     def on_signal(signum, frame):
-        if not stop.is_set():
+        if stop.is_set():
+            log(f"{signal.Signals(signum).name} again: stopping now")
+            hurry.set()
+        else:
             log(f"{signal.Signals(signum).name}: stopping (in-flight requests get "
-                f"{settings.shutdown_timeout:g} s)")
+                f"{settings.shutdown_timeout:g} s; again to stop now)")
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -4350,7 +4402,7 @@ def main(argv=None):
     if settings.threads < settings.claude_max_concurrency + settings.claude_queue_max + 8:
         log(f"WARNING: THREADS={settings.threads} leaves little room beside "
             f"CLAUDE_MAX_CONCURRENCY + CLAUDE_QUEUE_MAX; other requests may wait")
-    serve(server, stop, settings.shutdown_timeout)
+    serve(server, stop, settings.shutdown_timeout, hurry)
     log("stopped")
     return 0
 

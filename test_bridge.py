@@ -2118,3 +2118,81 @@ def test_pip_install_gives_a_claude_bridge_command(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+# ----------------------------------------------------------------------------------------
+# Found by trying it as a new user would
+# ----------------------------------------------------------------------------------------
+
+def test_ci_runs_the_readmes_test_command_exactly():
+    readme = (ROOT / "README.md").read_text()
+    (command,) = [c for c in re.findall(r"```sh\n(.*?)\n```", readme, re.S) if "pytest" in c]
+    assert "venv" in command  # Debian's system Python refuses a plain `pip install`
+    assert (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1] == command
+
+
+@pytest.mark.parametrize("name,value,words", [
+    ("PORT", "abc", "expected a whole number from 0 to 65535"),
+    ("THREADS", "1.5", "expected a whole number from 4 to 1024"),
+    ("CLAUDE_TIMEOUT", "soon", "expected seconds, more than 0 to 86400"),
+    ("CLAUDE_TIMEOUT", "nan", "expected seconds, more than 0 to 86400")])
+def test_bad_numbers_say_what_the_setting_accepts(name, value, words):
+    with pytest.raises(bridge.SettingsError) as info:
+        bridge.load_settings(environ={name: value})
+    assert str(info.value) == f"{name}={value!r} is not valid: {words}"
+
+
+def test_a_port_in_use_is_one_line_naming_port(tmp_path):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        out = subprocess.run(
+            [sys.executable, str(ROOT / "bridge.py")], capture_output=True, text=True,
+            timeout=30, env={**os.environ, "PORT": str(taken.getsockname()[1]),
+                             "CLAUDE_BIN": str(FAKE_CLAUDE), "CLAUDE_WARM_POOL": "0",
+                             "USAGE_DB_PATH": str(tmp_path / "u.db")})
+    finally:
+        taken.close()
+    assert out.returncode == 2
+    (line,) = out.stderr.strip().splitlines()
+    assert "PORT" in line and "in use" in line
+
+
+def test_a_second_ctrl_c_stops_at_once(bridge_process):
+    bp = bridge_process(SHUTDOWN_TIMEOUT="60")
+    threading.Thread(target=lambda: requests.post(
+        bp.url + "/v1/chat/completions", json=user("[fake:slow:300:100]"), timeout=60),
+        daemon=True).start()
+    assert wait_until(lambda: bp.runs())
+    bp.proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    started = time.monotonic()
+    bp.proc.send_signal(signal.SIGINT)
+    assert bp.proc.wait(timeout=15) == 0
+    assert time.monotonic() - started < 8  # not the 30 s stream, not the 60 s grace
+    assert wait_until(lambda: not any(alive(r["pid"]) for r in bp.runs()))
+
+
+def test_the_root_points_to_the_api_the_dashboard_and_the_description(br):
+    body = requests.get(br.url + "/", timeout=10).json()
+    assert body["links"]["dashboard"] == "/dashboard" and body["links"]["models"] == \
+        "/v1/models" and body["links"]["openapi"] == "/openapi.json"
+    for link in body["links"].values():
+        if link != "/v1":
+            assert requests.get(br.url + link, timeout=10).status_code == 200, link
+
+
+def test_since_with_a_z_works_on_every_python():
+    # Python 3.10's datetime.fromisoformat refuses "Z"; the usage API's own example has it.
+    assert bridge.parse_time("2026-11-25T10:00:00Z", "since") == \
+        bridge.parse_time("2026-11-25T10:00:00+00:00", "since") == "2026-11-25 10:00:00.000"
+
+
+def test_a_failed_turn_of_a_kept_session_cli_fails_fast(start):
+    br = start(CLAUDE_SESSION_KEEPALIVE="30")
+    h = {"X-Session-ID": "fails"}
+    assert br.post(user("hello"), headers=h).status_code == 200
+    started = time.monotonic()
+    assert_error(br.post(user("[fake:error-401]"), headers=h), 502)
+    assert time.monotonic() - started < 1.5  # was 4.2 s: two 2 s waits on an open stdin

@@ -118,7 +118,7 @@ def seen():
     if counts["failed"]:
         return
     got = {key[:3] for key in counts if key != "failed"}
-    for label in ("GET /v1/models", "GET /v1/usage", "GET /v1/usage/recent",
+    for label in ("GET /", "GET /v1/models", "GET /v1/usage", "GET /v1/usage/recent",
                   "GET /v1/usage/timeseries", "GET /health", "GET /dashboard", "GET /metrics",
                   "GET /openapi.json"):
         assert any(k[0] == label and k[1] == 200 for k in got), f"no 200 from {label}"
