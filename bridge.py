@@ -12,6 +12,7 @@ import collections
 import datetime
 import hmac
 import json
+import logging
 import os
 import queue
 import re
@@ -369,16 +370,37 @@ def _escaped(text):
                    for c in text)
 
 
-def log(message):
-    """One line on stderr with a UTC timestamp; whatever a request put in `message`
-    (paths, model names, CLI output) cannot start another line."""
-    message = _escaped(message)
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    try:
-        sys.stderr.write(f"{stamp} {message}\n")
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
+_LOG = logging.getLogger("claude_bridge")
+
+
+class LogFormat(logging.Formatter):
+    """`2026-11-25T16:31:02Z message`, UTC. Text from requests (paths, model names, the
+    CLI's words) is escaped, so it cannot start a line of its own; a traceback follows on
+    lines starting with `  | `."""
+
+    converter = time.gmtime
+
+    def __init__(self):
+        super().__init__("%(asctime)s %(message)s", "%Y-%m-%dT%H:%M:%SZ")
+
+    def format(self, record):
+        record.message = _escaped(record.getMessage())
+        record.asctime = self.formatTime(record, self.datefmt)
+        text = self.formatMessage(record)
+        trace = getattr(record, "trace", None) or (
+            self.formatException(record.exc_info) if record.exc_info else None)
+        if trace:
+            text += "".join("\n  | " + _escaped(line) for line in trace.splitlines())
+        return text
+
+
+def configure_logging():
+    """Log lines on stderr (as `python bridge.py` does; an embedding app can do its own)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LogFormat())
+    _LOG.handlers[:] = [handler]
+    _LOG.setLevel(logging.INFO)
+    _LOG.propagate = False
 
 
 # ----------------------------------------------------------------------------------------
@@ -626,7 +648,7 @@ class UsageStore:
     def _failed(self, what, exc):
         message = f"{what} failed: {exc}"
         if message != self.last_error:  # once per distinct failure, not once per request
-            log(f"usage db {self.path}: {message}")
+            _LOG.warning("usage db %s: %s", self.path, message)
         self.last_error = message
 
     def _read(self, sql, params=()):
@@ -658,7 +680,7 @@ class UsageStore:
             self._failed("write", exc)
             return False
         if self.last_error:
-            log(f"usage db {self.path}: writing works again")
+            _LOG.warning("usage db %s: writing works again", self.path)
             self.last_error = None
         return True
 
@@ -1048,7 +1070,7 @@ class Workers:
             try:
                 job()
             except Exception as exc:  # a job's bug must not kill the pool
-                log(f"worker job failed: {exc!r}")
+                _LOG.exception("worker job failed")
             with self._lock:
                 if self._idle >= self.IDLE_MAX:
                     return
@@ -1095,8 +1117,9 @@ class Run:
         except BridgeError as exc:
             yield ("error", exc)
         except Exception as exc:  # a bug must still end the request cleanly
-            log(f"backend crashed: {exc!r}")
-            yield ("error", BackendFailed(f"backend failed: {exc}"))
+            _LOG.exception("backend crashed")  # the traceback is for the log only
+            yield ("error", BackendFailed("The backend failed inside the bridge (a bug); the "
+                                          "bridge's log has the details."))
         yield _END
 
     def _pump(self):
@@ -1243,7 +1266,7 @@ class Reaper:
                     return
                 except OSError as exc:
                     if attempt:
-                        log(f"the CLI reaper cannot run: {exc}")
+                        _LOG.error("the CLI reaper cannot run: %s", exc)
                     self.proc = None
 
     def _start(self):
@@ -1286,7 +1309,7 @@ def _kill_group(proc):
     try:
         proc.wait(timeout=5)
     except subprocess.TimeoutExpired:
-        log(f"claude pid {proc.pid} did not exit after SIGKILL")
+        _LOG.error("claude pid %s did not exit after SIGKILL", proc.pid)
 
 
 class ClaudeBackend:
@@ -1793,7 +1816,7 @@ class ClaudeRun(Run):
                 session=(claude_uuid, previous_cost), heal=True)
             if outcome != "heal":
                 return
-            log(f"session {chat.session_id!r}: Claude session {claude_uuid} is gone; "
+            _LOG.info(f"session {chat.session_id}: Claude session {claude_uuid} is gone; "
                 "starting a new one from the history the client sent")
         # A fresh UUID each time: a failed first turn still leaves its session file, so
         # reusing its UUID would fail with "already in use".
@@ -1859,7 +1882,7 @@ class ClaudeRun(Run):
             if self._cancelled.is_set():
                 return None
             if was_held and parser.lines == 0:
-                log(f"held claude pid {proc.pid} was dead ({message}); starting another")
+                _LOG.warning("held claude pid %s was dead (%s); starting another", proc.pid, message)
                 return "dead"
             if heal and not parser.sent_text and _NO_CONVERSATION in message:
                 return "heal"
@@ -2934,6 +2957,7 @@ class RequestRecord:
         row["x_request_id"] = self.environ.get("bridge.request_id")
         self.store.record(row)
         self.metrics.finished(row, valid_model=status != 400)
+        self.environ["bridge.status"] = str(status)
         self.environ["bridge.log"] = (
             f" model={self.chat.model[:80]} tokens="
             f"{row.get('prompt_tokens', 0) + row.get('completion_tokens', 0)}")
@@ -3158,11 +3182,15 @@ class _LoggedBody:
                 self.body.close()
         finally:
             env = self.environ
-            status = self.status_line[0].split(" ", 1)[0] if self.status_line else "-"
+            # The usage row's status when there is one: a stream that failed after its
+            # 200 went out is logged as what it was.
+            status = env.get("bridge.status") or (
+                self.status_line[0].split(" ", 1)[0] if self.status_line else "-")
             ms = (time.monotonic() - self.started) * 1000
             # Never headers: the Authorization header (the key) must not reach a log.
-            log(f"{env.get('REQUEST_METHOD')} {env.get('PATH_INFO', '')[:200]} {status} "
-                f"{ms:.0f}ms{env.get('bridge.log', '')} rid={env['bridge.request_id']}")
+            _LOG.info("%s %s %s %.0fms%s rid=%s", env.get("REQUEST_METHOD"),
+                      env.get("PATH_INFO", "")[:200], status, ms, env.get("bridge.log", ""),
+                      env["bridge.request_id"])
 
 
 def _dashboard_html():
@@ -3216,9 +3244,8 @@ def make_app(settings):
                                    f"{bottle.request.path}.")
         else:
             if res.traceback:
-                log(f"unhandled error on {bottle.request.path}:")
-                for line in res.traceback.splitlines():
-                    log("  " + line)
+                _LOG.error("unhandled error on %s", bottle.request.path,
+                           extra={"trace": res.traceback})
             exc = BridgeError("Internal error in the bridge; see its log.")
             exc.status = res.status_code if res.status_code >= 400 else 500
         # Bottle applied `res` to the response already: set headers on the response.
@@ -3486,7 +3513,7 @@ def make_app(settings):
                 record.write("cancelled", 499, "client disconnected", run=run)
                 raise
             except Exception as exc:  # a bug: still one error event, one row, no traceback
-                log(f"stream failed: {exc!r}")
+                _LOG.exception("stream failed")
                 failure = BridgeError("Internal error in the bridge; see its log.")
                 record.write("error", 500, failure.message, run=run)
                 yield writer.error(failure)
@@ -4345,7 +4372,7 @@ def serve(server, stop, grace, hurry=None):
     while busy() and time.monotonic() < deadline and not hurry.is_set():
         wasyncore.loop(timeout=0.1, **loop)
     if busy():
-        log(f"{dispatcher.active_count} request(s) still running after {grace:g} s; "
+        _LOG.warning(f"{dispatcher.active_count} request(s) still running after {grace:g} s; "
             "ending them")
     bridge.end_children()  # their requests now fail fast and write their usage rows
     end = time.monotonic() + 3
@@ -4363,6 +4390,7 @@ def main(argv=None):
     except SettingsError as exc:
         print(f"claude-bridge: {exc}", file=sys.stderr)
         return 2
+    configure_logging()
     app = make_app(settings)
     try:
         server = create_server(settings, app)
@@ -4376,10 +4404,10 @@ def main(argv=None):
 
     def on_signal(signum, frame):
         if stop.is_set():
-            log(f"{signal.Signals(signum).name} again: stopping now")
+            _LOG.info(f"{signal.Signals(signum).name} again: stopping now")
             hurry.set()
         else:
-            log(f"{signal.Signals(signum).name}: stopping (in-flight requests get "
+            _LOG.info(f"{signal.Signals(signum).name}: stopping (in-flight requests get "
                 f"{settings.shutdown_timeout:g} s; again to stop now)")
         stop.set()
 
@@ -4388,22 +4416,22 @@ def main(argv=None):
     host = settings.host if ":" not in settings.host else f"[{settings.host}]"
     claude = bridge.claude.health()
     ollama = bridge.ollama.health()
-    log(f"claude-bridge {__version__} listening on http://{host}:{server.effective_port}/v1")
-    log(f"claude: {claude['version'] or claude['error']}; ollama at {settings.ollama_url}: "
+    _LOG.info(f"claude-bridge {__version__} listening on http://{host}:{server.effective_port}/v1")
+    _LOG.info(f"claude: {claude['version'] or claude['error']}; ollama at {settings.ollama_url}: "
         f"{'version ' + str(ollama['version']) if ollama['ok'] else 'not reachable'}; "
         f"database: {os.path.abspath(settings.usage_db_path)}; "
         f"auth: {'on' if settings.claude_auth_key else 'off'}")
     if not _is_loopback(settings.host) and not settings.allowed_hosts:
-        log("clients must reach the bridge by an IP address, localhost or HOST: list other "
+        _LOG.info("clients must reach the bridge by an IP address, localhost or HOST: list other "
             "names (this machine's, a proxy's) in ALLOWED_HOSTS")
     if not settings.claude_auth_key and not _is_loopback(settings.host):
-        log(f"WARNING: listening on {settings.host} without CLAUDE_AUTH_KEY "
+        _LOG.warning(f"WARNING: listening on {settings.host} without CLAUDE_AUTH_KEY "
             "(ALLOW_EXPOSED_WITHOUT_KEY=true): anyone who reaches this port can use the API")
     if settings.threads < settings.claude_max_concurrency + settings.claude_queue_max + 8:
-        log(f"WARNING: THREADS={settings.threads} leaves little room beside "
+        _LOG.warning(f"WARNING: THREADS={settings.threads} leaves little room beside "
             f"CLAUDE_MAX_CONCURRENCY + CLAUDE_QUEUE_MAX; other requests may wait")
     serve(server, stop, settings.shutdown_timeout, hurry)
-    log("stopped")
+    _LOG.info("stopped")
     return 0
 
 

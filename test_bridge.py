@@ -1484,7 +1484,7 @@ def test_usage_routes_need_the_key(start):
     assert "default-src 'none'" in page.headers["Content-Security-Policy"]
 
 
-def test_unwritable_database_never_stops_requests(br, capfd):
+def test_unwritable_database_never_stops_requests(br, caplog):
     store = br.app.bridge.store
     with store.lock:
         store.db.execute("PRAGMA query_only = 1")  # writes now fail, as on a read-only disk
@@ -1494,7 +1494,7 @@ def test_unwritable_database_never_stops_requests(br, capfd):
     health = requests.get(br.url + "/health", timeout=10).json()
     assert health["status"] == "degraded" and not health["database"]["ok"]
     assert "readonly" in health["database"]["error"]
-    assert "usage db" in capfd.readouterr().err
+    assert "usage db" in caplog.text and "readonly" in caplog.text
     with store.lock:
         store.db.execute("PRAGMA query_only = 0")
     br.post(user("hello"))
@@ -2079,12 +2079,17 @@ def test_one_log_line_per_request_with_its_request_id(bridge_process):
     requests.post(bp.url + "/v1/chat/completions", json=user("hello"), timeout=30,
                   headers={**key, "X-Request-ID": "abc-1"})
     requests.get(bp.url + "/v1/models", headers=key, timeout=10)
+    # A stream that fails after its 200 went out is logged with the status of its row.
+    requests.post(bp.url + "/v1/chat/completions", timeout=30, headers={
+        **key, "X-Request-ID": "broken-1"}, json={**user("[fake:midstream-error]"),
+                                                  "stream": True})
     bp.proc.send_signal(signal.SIGTERM)
     bp.proc.wait(timeout=15)
     bp.reader.join(5)
     text = "".join(bp.lines)
-    (chat,) = [line for line in bp.lines if "POST /v1/chat/completions" in line]
+    chat, broken = [line for line in bp.lines if "POST /v1/chat/completions" in line]
     assert re.search(r" 200 \d+ms model=claude-code tokens=710 rid=abc-1$", chat.strip())
+    assert re.search(r" 502 \d+ms model=claude-code tokens=\d+ rid=broken-1$", broken.strip())
     assert any("GET /v1/models 200" in line for line in bp.lines)
     assert "sekrit" not in text
     banner = bp.lines[0] + bp.lines[1]
@@ -2161,9 +2166,17 @@ def test_a_port_in_use_is_one_line_naming_port(tmp_path):
 
 def test_a_second_ctrl_c_stops_at_once(bridge_process):
     bp = bridge_process(SHUTDOWN_TIMEOUT="60")
-    threading.Thread(target=lambda: requests.post(
-        bp.url + "/v1/chat/completions", json=user("[fake:slow:300:100]"), timeout=60),
-        daemon=True).start()
+    answers = []
+
+    def in_flight():  # cut short: an error status, or the connection closed under it
+        try:
+            answers.append(requests.post(bp.url + "/v1/chat/completions", timeout=60,
+                                         json=user("[fake:slow:300:100]")).status_code)
+        except requests.ConnectionError:
+            answers.append("closed")
+
+    sender = threading.Thread(target=in_flight)
+    sender.start()
     assert wait_until(lambda: bp.runs())
     bp.proc.send_signal(signal.SIGINT)
     time.sleep(0.5)
@@ -2172,6 +2185,8 @@ def test_a_second_ctrl_c_stops_at_once(bridge_process):
     assert bp.proc.wait(timeout=15) == 0
     assert time.monotonic() - started < 8  # not the 30 s stream, not the 60 s grace
     assert wait_until(lambda: not any(alive(r["pid"]) for r in bp.runs()))
+    sender.join(10)
+    assert answers and answers[0] != 200
 
 
 def test_the_root_points_to_the_api_the_dashboard_and_the_description(br):
@@ -2196,3 +2211,18 @@ def test_a_failed_turn_of_a_kept_session_cli_fails_fast(start):
     started = time.monotonic()
     assert_error(br.post(user("[fake:error-401]"), headers=h), 502)
     assert time.monotonic() - started < 1.5  # was 4.2 s: two 2 s waits on an open stdin
+
+
+def test_a_bug_in_a_backend_is_a_traceback_in_the_log_never_in_the_answer(
+        br, monkeypatch, caplog):
+    def broken(self, raw):
+        raise RuntimeError("internal detail 4711")
+
+    monkeypatch.setattr(bridge._ClaudeEvents, "feed", broken)
+    for stream in (False, True):
+        resp = br.post({**user("hello"), "stream": stream})
+        assert "4711" not in resp.text and "Traceback" not in resp.text
+        assert "the bridge's log has the details" in resp.text
+    crashes = [r for r in caplog.records if r.getMessage() == "backend crashed"]
+    assert len(crashes) == 2 and "internal detail 4711" in str(crashes[0].exc_info[1])
+    assert [r["status"] for r in br.rows()] == [502, 502]
