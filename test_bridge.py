@@ -24,150 +24,9 @@ import pytest
 import requests
 
 import bridge
-
-ROOT = Path(__file__).resolve().parent
-FAKE_CLAUDE = ROOT / "testkit" / "fake_claude.py"
-REPLY = "FAKE-REPLY model=claude-opus-5-5 msgs=2 len_last=5 to: hello"
-
-
-# ----------------------------------------------------------------------------------------
-# Harness
-# ----------------------------------------------------------------------------------------
-
-class Running:
-    """A bridge served by waitress in a thread, with its fake CLI's log directory."""
-
-    def __init__(self, tmp, env):
-        self.tmp = tmp
-        self.log_dir = tmp / "fake-log"
-        self.log_dir.mkdir(exist_ok=True)
-        # No warm CLIs unless a test asks: the other tests count the CLIs they start.
-        base = {"PORT": "0", "CLAUDE_BIN": str(FAKE_CLAUDE), "CLAUDE_WORKDIR": str(tmp),
-                "USAGE_DB_PATH": str(tmp / "usage.db"), "THREADS": "16",
-                "CLAUDE_WARM_POOL": "0", "CLAUDE_SESSION_KEEPALIVE": "0"}
-        base.update(env)
-        self.settings = bridge.load_settings(environ=base)
-        self.server = bridge.create_server(self.settings)
-        self.app = self.server.app
-        self.url = f"http://127.0.0.1:{self.server.effective_port}"
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-
-    def client(self, **kw):
-        """The official SDK with strict response validation and no retries."""
-        kw.setdefault("api_key", self.settings.claude_auth_key or "unused")
-        return openai.OpenAI(base_url=self.url + "/v1", max_retries=0,
-                             _strict_response_validation=True, timeout=60, **kw)
-
-    def post(self, body, headers=None, **kw):
-        """POST /v1/chat/completions with requests."""
-        return requests.post(self.url + "/v1/chat/completions", json=body,
-                             headers=headers or {}, timeout=60, **kw)
-
-    def runs(self):
-        """What each fake CLI run recorded (argv, stdin, pid, ...), oldest first."""
-        out = []
-        for path in self.log_dir.glob("*.json"):
-            try:
-                out.append(json.loads(path.read_text()))
-            except ValueError:
-                continue  # being written
-        return sorted(out, key=lambda r: r["started"])
-
-    def chat_runs(self):
-        """Fake CLI runs other than `--version` (health checks)."""
-        return [r for r in self.runs() if "--version" not in r["argv"]]
-
-    def rows(self):
-        """The usage rows, oldest first."""
-        db = sqlite3.connect(self.settings.usage_db_path)
-        db.row_factory = sqlite3.Row
-        try:
-            return [dict(r) for r in db.execute("SELECT * FROM requests ORDER BY id")]
-        finally:
-            db.close()
-
-    def stop(self):
-        if self.thread.is_alive():
-            bridge.stop_server(self.server, self.thread)
-            self.app.bridge.close()
-
-
-@pytest.fixture
-def start(tmp_path, monkeypatch):
-    """Start a bridge with extra settings; every one started is stopped after the test."""
-    started = []
-    # The CLI inherits the bridge's environment: the fake keeps its sessions and logs here.
-    monkeypatch.setenv("CLAUDE_CONFIG_DIR", str(tmp_path / "claude-config"))
-    monkeypatch.setenv("FAKE_CLAUDE_LOG", str(tmp_path / "fake-log"))
-    monkeypatch.delenv("CLAUDECODE", raising=False)
-
-    def _start(**env):
-        running = Running(tmp_path, {k: str(v) for k, v in env.items()})
-        started.append(running)
-        return running
-
-    yield _start
-    for running in started:
-        running.stop()
-
-
-@pytest.fixture
-def br(start):
-    return start()
-
-
-def prompt_of(run):
-    """The prompt a fake CLI run was given (stream-json input: its one user message)."""
-    return run["turns"][0] if run.get("turns") else run["stdin"]
-
-
-FIXED_ARGV = ["-p", "--input-format", "stream-json", "--output-format", "stream-json",
-              "--verbose", "--include-partial-messages"]
-
-
-def user(text):
-    return {"model": "claude-code", "messages": [{"role": "user", "content": text}]}
-
-
-def sse_events(response):
-    """(data lines, comment lines) of a raw SSE response."""
-    data, comments = [], []
-    for line in response.iter_lines(decode_unicode=True):
-        if line.startswith("data: "):
-            data.append(line[6:])
-        elif line.startswith(":"):
-            comments.append(line)
-    return data, comments
-
-
-def alive(pid):
-    """True while pid exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):  # gone (even between open and read)
-        return False
-
-
-def wait_until(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
-
-
-def assert_error(resp, status, code=None):
-    assert resp.status_code == status, resp.text
-    assert resp.headers["Content-Type"].startswith("application/json")
-    err = resp.json()["error"]
-    assert set(err) == {"message", "type", "param", "code"}
-    assert err["message"]
-    if code is not None:
-        assert err["code"] == code
-    return err
+from testkit.harness import (  # noqa: F401  (the fixtures: pytest finds them here)
+    FAKE_CLAUDE, FIXED_ARGV, REPLY, ROOT, alive, assert_error, br, bridge_process,
+    ollama_fake, prompt_of, sse_events, start, user, wait_until)
 
 
 # ----------------------------------------------------------------------------------------
@@ -984,14 +843,6 @@ TOOLS = [{"type": "function", "function": {
 
 
 @pytest.fixture
-def ollama_fake():
-    from testkit import fake_ollama
-    server = fake_ollama.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def obr(start, ollama_fake):
     running = start(OLLAMA_URL=ollama_fake.url)
     running.ollama = ollama_fake
@@ -1292,7 +1143,8 @@ def test_ollama_session_byte_cap_and_expiry(start, ollama_fake):
     tag = br.app.bridge.store.session_tag("small")
     system, kept = br.app.bridge.ollama.histories.get(tag)
     assert [m["content"][0] for m in kept if m["role"] == "user"] == ["b"]
-    time.sleep(0.7)
+    # (len() expires without touching; get() would count as a use and keep it alive)
+    assert wait_until(lambda: len(br.app.bridge.ollama.histories) == 0, timeout=5)
     assert br.app.bridge.ollama.histories.get(tag) == ([], [])
 
 
@@ -1529,55 +1381,6 @@ def test_skip_perms_without_key_on_a_public_address_is_refused(host):
                                       "CLAUDE_SKIP_PERMS": "true"})
     for loopback in ("127.0.0.1", "::1", "localhost"):
         bridge.load_settings(environ={"HOST": loopback, "CLAUDE_SKIP_PERMS": "true"})
-
-
-class BridgeProcess:
-    """`python bridge.py` in a subprocess, its port read from the start-up banner."""
-
-    def __init__(self, tmp, **env):
-        self.tmp = tmp
-        full = {**os.environ, "PORT": "0", "CLAUDE_BIN": str(FAKE_CLAUDE),
-                "CLAUDE_WARM_POOL": "0", "CLAUDE_SESSION_KEEPALIVE": "0",
-                "CLAUDE_WORKDIR": str(tmp), "USAGE_DB_PATH": str(tmp / "usage.db"),
-                "FAKE_CLAUDE_LOG": str(tmp / "fake-log"),
-                "CLAUDE_CONFIG_DIR": str(tmp / "claude-config"), **env}
-        (tmp / "fake-log").mkdir(exist_ok=True)
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "bridge.py")], env=full,
-                                     stderr=subprocess.PIPE, text=True)
-        self.lines = []
-        self.port = None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-            match = re.search(r"listening on http://127.0.0.1:(\d+)/v1", line)
-            if match:
-                self.port = int(match.group(1))
-                break
-        assert self.port, "".join(self.lines)
-        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stderr),
-                                       daemon=True)
-        self.reader.start()
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def runs(self):
-        return [json.loads(p.read_text()) for p in (self.tmp / "fake-log").glob("*.json")]
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
-@pytest.fixture
-def bridge_process(tmp_path):
-    made = []
-
-    def _start(**env):
-        made.append(BridgeProcess(tmp_path, **env))
-        return made[-1]
-
-    yield _start
-    for p in made:
-        p.kill()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -2179,7 +1982,7 @@ def test_a_second_ctrl_c_stops_at_once(bridge_process):
     sender.start()
     assert wait_until(lambda: bp.runs())
     bp.proc.send_signal(signal.SIGINT)
-    time.sleep(0.5)
+    assert wait_until(lambda: any("SIGINT: stopping" in line for line in bp.lines))
     started = time.monotonic()
     bp.proc.send_signal(signal.SIGINT)
     assert bp.proc.wait(timeout=15) == 0

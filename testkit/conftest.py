@@ -1,3 +1,3 @@
-"""Fixtures the tests in this folder share with test_bridge.py (defined there)."""
+"""The fixtures the tests in this folder use (defined in testkit/harness.py)."""
 
-from test_bridge import br, bridge_process, ollama_fake, start  # noqa: F401  (pytest finds them)
+from testkit.harness import br, bridge_process, ollama_fake, start  # noqa: F401

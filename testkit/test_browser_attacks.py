@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-import test_bridge
+from testkit import harness
 from testkit.test_dashboard import TIMEOUT_MS, chromium
 
 
@@ -54,7 +54,7 @@ def other_origin():
     server.server_close()
 
 
-BODY = json.dumps(test_bridge.user("hello"))
+BODY = json.dumps(harness.user("hello"))
 
 
 def test_a_page_of_another_origin_cannot_run_a_claude_turn(start, page, other_origin):
@@ -79,7 +79,7 @@ def test_a_page_of_another_origin_cannot_run_a_claude_turn(start, page, other_or
 
 def test_a_rebound_name_gets_nothing_from_the_bridge(start, page):
     br = start()
-    test_bridge.requests.post(br.url + "/v1/chat/completions", json=test_bridge.user("hi"),
+    harness.requests.post(br.url + "/v1/chat/completions", json=harness.user("hi"),
                               headers={"X-Session-ID": "victim"}, timeout=30)
     port = br.server.effective_port
     # evil.test now resolves to the bridge: the attacker's page is same-origin with it.
@@ -110,4 +110,4 @@ def test_a_listed_origin_can_use_the_api_and_read_a_stream(start, page, other_or
     chunks = [json.loads(line[6:]) for line in text.splitlines()
               if line.startswith("data: {")]
     reply = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
-    assert reply == test_bridge.REPLY and text.rstrip().endswith("data: [DONE]")
+    assert reply == harness.REPLY and text.rstrip().endswith("data: [DONE]")

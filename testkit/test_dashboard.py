@@ -14,7 +14,7 @@ import time
 import pytest
 import requests
 
-import test_bridge
+from testkit import harness
 
 
 if os.environ.get("CI"):
@@ -105,7 +105,7 @@ def api(br, path, key=None):
 
 
 def wait_until(predicate, timeout=TIMEOUT_MS / 1000):
-    return test_bridge.wait_until(predicate, timeout)
+    return harness.wait_until(predicate, timeout)
 
 
 def open_dashboard(page, br):

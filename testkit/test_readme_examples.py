@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from test_bridge import Running
+from testkit.harness import Running
 
 ROOT = Path(__file__).resolve().parent.parent
 README = Path(os.environ.get("README_EXAMPLES_FILE") or ROOT / "README.md")

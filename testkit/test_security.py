@@ -20,7 +20,7 @@ import pytest
 import requests
 
 import bridge
-from test_bridge import FAKE_CLAUDE, ROOT, alive, assert_error, sse_events, user, wait_until
+from testkit.harness import FAKE_CLAUDE, ROOT, alive, assert_error, sse_events, user, wait_until
 
 
 def host(br, name):
