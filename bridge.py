@@ -132,6 +132,8 @@ def _model_setting(raw):
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9._:\[\]][A-Za-z0-9._:\[\]-]{0,199}\Z")  # \Z: no "\n"
 # What follows `ollama/`: the same, plus / and @ (hf.co/user/repo:tag, name@sha256:...).
 _OLLAMA_NAME = re.compile(r"^[A-Za-z0-9._:\[\]][A-Za-z0-9._:\[\]/@-]{0,199}\Z")
+# Any backend's names, checked before routing (each backend then applies its own rule).
+_ANY_MODEL_NAME = re.compile(r"^[A-Za-z0-9._:\[\]][A-Za-z0-9._:\[\]/@-]{0,255}\Z")
 
 
 Setting = collections.namedtuple("Setting", "name default parse help")
@@ -1032,12 +1034,50 @@ def _message_bytes(message):
 # idle limits) whatever the backend is. Events are tuples:
 #   ("progress",)            the backend is alive (resets the idle clock)
 #   ("text", str)            assistant text
+#   ("tool_calls", [dict])   OpenAI tool call objects (id, type, function)
 #   ("retract", str)         text sent earlier that the backend voided (the tail so far)
 #   ("done", Final)          the turn ended well
 #   ("error", BridgeError)   the turn failed
 
 Final = collections.namedtuple(
     "Final", "finish_reason prompt_tokens completion_tokens cached_tokens cost_usd")
+
+
+class Backend:
+    """What the bridge needs of a backend. The bridge keeps a list of them: a request goes
+    to the first whose matches() takes its model (the last one, Claude, takes the rest), and
+    /v1/models, /health, /metrics, the usage API's provider filter, the start-up banner
+    and shutdown loop over the list. A new backend is a subclass and its settings."""
+
+    provider = None  # its name in usage rows, /health and the usage API's filter
+
+    def matches(self, model):
+        """Whether this backend serves `model` (a name that passed the common rule)."""
+        raise NotImplementedError
+
+    def open(self, chat):
+        """A Run for the request, not yet started; InvalidRequest (say, a model name this
+        backend cannot take) before anything is sent."""
+        raise NotImplementedError
+
+    def models(self):
+        """OpenAI model objects for /v1/models."""
+        return []
+
+    def health(self):
+        """{"ok": bool, ...} for /health: cheap, so probes are cached."""
+        return {"ok": True}
+
+    def gauges(self):
+        """(metric name, help, value) for /metrics."""
+        return ()
+
+    def describe(self):
+        """A few words for the start-up banner."""
+        return self.provider
+
+    def shutdown(self):
+        """End whatever the backend still runs."""
 
 _END = object()
 
@@ -1069,7 +1109,7 @@ class Workers:
             job = self._jobs.get()
             try:
                 job()
-            except Exception as exc:  # a job's bug must not kill the pool
+            except Exception:  # a job's bug must not kill the pool
                 _LOG.exception("worker job failed")
             with self._lock:
                 if self._idle >= self.IDLE_MAX:
@@ -1116,7 +1156,7 @@ class Run:
                 yield event
         except BridgeError as exc:
             yield ("error", exc)
-        except Exception as exc:  # a bug must still end the request cleanly
+        except Exception:  # a bug must still end the request cleanly
             _LOG.exception("backend crashed")  # the traceback is for the log only
             yield ("error", BackendFailed("The backend failed inside the bridge (a bug); the "
                                           "bridge's log has the details."))
@@ -1312,8 +1352,9 @@ def _kill_group(proc):
         _LOG.error("claude pid %s did not exit after SIGKILL", proc.pid)
 
 
-class ClaudeBackend:
-    """Runs `claude -p` per request, stream-json out, prompt on stdin."""
+class ClaudeBackend(Backend):
+    """Runs `claude -p` per request, stream-json out, prompt on stdin. It serves every
+    model name no other backend takes (`claude-code` = the CLI's own default)."""
 
     provider = "claude"
     aliases = ("sonnet", "opus", "haiku")
@@ -1333,6 +1374,7 @@ class ClaudeBackend:
         self.reaper = Reaper(self.files)
         self.procs = set()  # live CLI processes, for shutdown
         self.procs_lock = threading.Lock()
+        self.started = int(time.time())  # the `created` of its model objects
         self._health = Cached(self._probe, 60)
         self.pool = WarmPool(self, settings.claude_warm_pool, settings.claude_warm_keys)
         self.live = LiveSessions(self, settings.claude_session_keepalive)
@@ -1349,12 +1391,31 @@ class ClaudeBackend:
                 "or set CLAUDE_BIN to its path.", code="claude_not_found")
         return path
 
-    def model_names(self):
-        """The names /v1/models lists for this backend."""
+    def matches(self, model):
+        return True
+
+    def models(self):
         names = ["claude-code", *self.aliases]
         if self.settings.claude_default_model not in names:
             names.append(self.settings.claude_default_model)
-        return names
+        return [{"id": name, "object": "model", "created": self.started,
+                 "owned_by": "anthropic"} for name in names]
+
+    def gauges(self):
+        with self.procs_lock:
+            running = len(self.procs)
+        warm, live = self.pool.count(), self.live.count()
+        return (("bridge_claude_processes_running", "CLIs answering a request now.",
+                 max(0, running - warm - live)),
+                ("bridge_claude_processes_warm", "Pre-started CLIs waiting for a request.",
+                 warm),
+                ("bridge_claude_processes_kept", "Session CLIs kept between turns.", live),
+                ("bridge_claude_requests_waiting", "Requests waiting for a CLI slot or their "
+                 "session's turn (CLAUDE_QUEUE_MAX).", self.line.count))
+
+    def describe(self):
+        state = self.health()
+        return f"claude: {state['version'] or state['error']}"
 
     def health(self):
         """Binary and version, cached for a minute so probes never pay a CLI start."""
@@ -1380,7 +1441,8 @@ class ClaudeBackend:
         return state
 
     def open(self, chat):
-        """Start a turn for a parsed chat request."""
+        if chat.model != "claude-code" and not _MODEL_NAME.match(chat.model):
+            raise bad_model(chat.model, "up to 200 letters, digits and . _ - : [ ]")
         return ClaudeRun(self, chat)
 
     def argv(self, binary, model, system_file, session_flags):
@@ -1816,8 +1878,8 @@ class ClaudeRun(Run):
                 session=(claude_uuid, previous_cost), heal=True)
             if outcome != "heal":
                 return
-            _LOG.info(f"session {chat.session_id}: Claude session {claude_uuid} is gone; "
-                "starting a new one from the history the client sent")
+            _LOG.info("session %s: Claude session %s is gone; starting a new one from the "
+                      "history the client sent", chat.session_id, claude_uuid)
         # A fresh UUID each time: a failed first turn still leaves its session file, so
         # reusing its UUID would fail with "already in use".
         claude_uuid = str(uuid.uuid4())
@@ -2157,7 +2219,7 @@ def _epoch(stamp):
         return 0
 
 
-class OllamaBackend:
+class OllamaBackend(Backend):
     """Models named `ollama/<name>`, through Ollama's native /api/chat."""
 
     provider = "ollama"
@@ -2229,9 +2291,27 @@ class OllamaBackend:
             state["error"] = f"not reachable: {exc}"
         return state
 
+    def matches(self, model):
+        return model.startswith("ollama/")
+
     def open(self, chat):
-        """Translate and start a turn (a 400 here comes before anything is sent)."""
+        name = chat.model[len("ollama/"):]
+        if not name:
+            raise InvalidRequest("Name the Ollama model: 'ollama/<name>', e.g. "
+                                 "'ollama/llama3.2'.", param="model")
+        if not _OLLAMA_NAME.match(name):
+            raise bad_model(chat.model, "'ollama/' and up to 200 letters, digits and "
+                                        ". _ - : [ ] / @")
         return OllamaRun(self, chat)
+
+    def gauges(self):
+        return (("bridge_ollama_up", "1 if Ollama answered its version request.",
+                 int(self.health()["ok"])),)
+
+    def describe(self):
+        state = self.health()
+        return (f"ollama at {self.url}: "
+                f"{'version ' + str(state['version']) if state['ok'] else 'not reachable'}")
 
 
 class OllamaRun(Run):
@@ -2565,21 +2645,18 @@ def parse_json_body(raw):
     return body
 
 
+def bad_model(model, allowed):
+    """The 400 for a model name that breaks a rule (`allowed` says the rule)."""
+    return InvalidRequest(f"Model name {model[:80]!r} is not valid: use {allowed} (not "
+                          "starting with '-'), e.g. 'sonnet', 'claude-code' or "
+                          "'ollama/llama3.2'.", param="model", code="model_not_found")
+
+
 def _checked_model(model):
-    """A model name both backends can take: bounded, and nothing a CLI reads as a flag."""
-    if model.startswith("ollama/"):
-        if len(model) == len("ollama/"):
-            raise InvalidRequest("Name the Ollama model: 'ollama/<name>', e.g. "
-                                 "'ollama/llama3.2'.", param="model")
-        name, pattern, allowed = (model[len("ollama/"):], _OLLAMA_NAME,
-                                  "letters, digits and . _ - : [ ] / @")
-    else:
-        name, pattern, allowed = model, _MODEL_NAME, "letters, digits and . _ - : [ ]"
-    if model != "claude-code" and not pattern.match(name):
-        raise InvalidRequest(
-            f"Model name {model[:80]!r} is not valid: use up to 200 {allowed} (not starting "
-            "with '-'), e.g. 'sonnet', 'claude-code' or 'ollama/llama3.2'.",
-            param="model", code="model_not_found")
+    """The rule every model name meets before a backend sees it (each has its own too):
+    bounded, so a huge name never reaches a row or a metric label."""
+    if not _ANY_MODEL_NAME.match(model):
+        raise bad_model(model, "up to 256 letters, digits and . _ - : [ ] / @")
     return model
 
 
@@ -2973,17 +3050,26 @@ class Bridge:
         self.workers = Workers()
         self.claude = ClaudeBackend(settings, self.store, self.workers)
         self.ollama = OllamaBackend(settings, self.workers)
+        self.backends = [self.ollama, self.claude]  # Claude last: it takes the rest
         self.metrics = Metrics()
-        self.started = int(time.time())
         self.max_body = settings.max_body_mb * 1024 * 1024
 
+    def register(self, backend):
+        """Add a backend, asked before those already there."""
+        self.backends.insert(0, backend)
+
     def backend_for(self, model):
-        """The backend serving a (checked) model name."""
-        return self.ollama if model.startswith("ollama/") else self.claude
+        """The backend serving a model name."""
+        return next(b for b in self.backends if b.matches(model))
+
+    def providers(self):
+        """The backends' names, in order."""
+        return [b.provider for b in self.backends]
 
     def end_children(self):
-        """End every CLI still running."""
-        self.claude.shutdown()
+        """End everything the backends still run."""
+        for backend in self.backends:
+            backend.shutdown()
 
     def close(self):
         """End every child process and close the database."""
@@ -3256,9 +3342,9 @@ def make_app(settings):
 
     @app.get("/health")
     def health():
-        backends = {"claude": bridge.claude.health(), "ollama": bridge.ollama.health()}
+        backends = {b.provider: b.health() for b in bridge.backends}
         database = bridge.store.health()
-        # Either backend may be unused on a machine: "ok" needs one of them and the db.
+        # Any backend may be unused on a machine: "ok" needs one of them and the db.
         usable = any(b["ok"] for b in backends.values())
         status = "ok" if usable and database["ok"] else "degraded"
         if not authorized():  # paths, versions and URLs are for the key's holder
@@ -3279,9 +3365,8 @@ def make_app(settings):
 
     @app.get("/v1/models")
     def models():
-        data = [{"id": name, "object": "model", "created": bridge.started,
-                 "owned_by": "anthropic"} for name in bridge.claude.model_names()]
-        data.extend(bridge.ollama.models())
+        # Claude's names first, as clients show the first as the default.
+        data = [m for b in reversed(bridge.backends) for m in b.models()]
         return _json_response({"object": "list", "data": data})
 
     def query(name):
@@ -3299,8 +3384,9 @@ def make_app(settings):
         if since and until and since >= until:
             raise InvalidRequest("'since' must be before 'until'.", param="since")
         provider = query("provider")
-        if provider not in (None, "claude", "ollama"):
-            raise InvalidRequest("'provider' must be claude or ollama.", param="provider")
+        if provider is not None and provider not in bridge.providers():
+            raise InvalidRequest(f"'provider' must be one of {', '.join(bridge.providers())}.",
+                                 param="provider")
         return {"since": since, "until": until, "provider": provider, "model": query("model")}
 
     def usage_route(path):
@@ -3341,30 +3427,17 @@ def make_app(settings):
 
     @app.get("/metrics")
     def metrics():
-        claude = bridge.claude
-        with claude.procs_lock:
-            running = len(claude.procs)
-        warm, live = claude.pool.count(), claude.live.count()
-        ollama_ok = int(bridge.ollama.health()["ok"])
         text = bridge.metrics.render((
-            ("bridge_claude_processes_running", "CLIs answering a request now.",
-             max(0, running - warm - live)),
-            ("bridge_claude_processes_warm", "Pre-started CLIs waiting for a request.", warm),
-            ("bridge_claude_processes_kept", "Session CLIs kept between turns.", live),
-            ("bridge_claude_requests_waiting",
-             "Requests waiting for a CLI slot or their session's turn (CLAUDE_QUEUE_MAX).",
-             claude.line.count),
-            ("bridge_ollama_up", "1 if Ollama answered its version request.", ollama_ok),
+            *(gauge for b in reversed(bridge.backends) for gauge in b.gauges()),
             ("bridge_database_up", "1 if the usage database can be written.",
-             int(bridge.store.health()["ok"])),
-        ))
+             int(bridge.store.health()["ok"]))))
         response = bottle.HTTPResponse(body=text)
         response.content_type = "text/plain; version=0.0.4; charset=utf-8"
         return response
 
     @app.get("/openapi.json")
     def openapi():
-        return _json_response(openapi_document(__version__))
+        return _json_response(openapi_document(__version__, bridge.providers()))
 
     @app.get("/dashboard")
     def dashboard():
@@ -3402,16 +3475,16 @@ def make_app(settings):
         except InvalidRequest as exc:
             chat = refused_chat(body, environ, settings.claude_default_model)
             chat.session_id = bridge.store.session_tag(chat.session_id)
-            RequestRecord(bridge, chat, _provider(chat.model), environ).write(
+            RequestRecord(bridge, chat, bridge.backend_for(chat.model).provider, environ).write(
                 "error", exc.status, exc.message)
             return _error_response(exc)
         # From here on the session is known by its tag only: rows, logs, errors, keys.
         chat.session_id = bridge.store.session_tag(chat.session_id)
-        record = RequestRecord(bridge, chat, _provider(chat.model), environ)
+        backend = bridge.backend_for(chat.model)
+        record = RequestRecord(bridge, chat, backend.provider, environ)
         run = None
         handed_off = False
         try:
-            backend = bridge.backend_for(chat.model)
             run = backend.open(chat).start()
             events = _events_with_housekeeping(run, environ, settings.sse_heartbeat_seconds)
             if chat.stream:
@@ -3512,7 +3585,7 @@ def make_app(settings):
             except GeneratorExit:
                 record.write("cancelled", 499, "client disconnected", run=run)
                 raise
-            except Exception as exc:  # a bug: still one error event, one row, no traceback
+            except Exception:  # a bug: still one error event, one row, no traceback in it
                 _LOG.exception("stream failed")
                 failure = BridgeError("Internal error in the bridge; see its log.")
                 record.write("error", 500, failure.message, run=run)
@@ -3525,7 +3598,7 @@ def make_app(settings):
     return BridgeApp(app, bridge, settings.log_requests)
 
 
-def openapi_document(version):
+def openapi_document(version, providers=("ollama", "claude")):
     """The OpenAPI 3.1 description of the bridge's routes, as bridge.py answers them."""
     def ref(name):
         return {"$ref": "#/components/schemas/" + name}
@@ -3556,7 +3629,7 @@ def openapi_document(version):
                   "`2w`; units s, m, h, d, w). Empty = open. A bad value is a 400 naming it.")
     until = query("until", time_value, "End of the window (exclusive), as `since`; must be "
                   "after `since`.")
-    provider = query("provider", {"type": "string", "enum": ["claude", "ollama"]},
+    provider = query("provider", {"type": "string", "enum": list(providers)},
                      "Only this provider.")
     model = query("model", {"type": "string"}, "Only this model, as clients named it.")
     usage_errors = {"400": {"$ref": "#/components/responses/BadRequest"},
@@ -4192,8 +4265,11 @@ def openapi_document(version):
                                                   "backend is usable."},
                         "version": {"type": "string"},
                         "backends": {
-                            "type": "object", "additionalProperties": False,
-                            "required": ["claude", "ollama"],
+                            "type": "object", "required": list(providers),
+                            # A registered backend's own: at least "ok".
+                            "additionalProperties": {
+                                "type": "object", "required": ["ok"],
+                                "properties": {"ok": {"type": "boolean"}}},
                             "properties": {
                                 "claude": {
                                     "type": "object", "additionalProperties": False,
@@ -4226,10 +4302,6 @@ def openapi_document(version):
                 operation["responses"]["415"] = {
                     "$ref": "#/components/responses/UnsupportedMediaType"}
     return document
-
-
-def _provider(model):
-    return "ollama" if model.startswith("ollama/") else "claude"
 
 
 def _retract(parts, void):
@@ -4372,8 +4444,8 @@ def serve(server, stop, grace, hurry=None):
     while busy() and time.monotonic() < deadline and not hurry.is_set():
         wasyncore.loop(timeout=0.1, **loop)
     if busy():
-        _LOG.warning(f"{dispatcher.active_count} request(s) still running after {grace:g} s; "
-            "ending them")
+        _LOG.warning("%s request(s) still running after %g s; ending them",
+                     dispatcher.active_count, grace)
     bridge.end_children()  # their requests now fail fast and write their usage rows
     end = time.monotonic() + 3
     while dispatcher.active_count and time.monotonic() < end and not hurry.is_set():
@@ -4404,32 +4476,32 @@ def main(argv=None):
 
     def on_signal(signum, frame):
         if stop.is_set():
-            _LOG.info(f"{signal.Signals(signum).name} again: stopping now")
+            _LOG.info("%s again: stopping now", signal.Signals(signum).name)
             hurry.set()
         else:
-            _LOG.info(f"{signal.Signals(signum).name}: stopping (in-flight requests get "
-                f"{settings.shutdown_timeout:g} s; again to stop now)")
+            _LOG.info("%s: stopping (in-flight requests get %g s; again to stop now)",
+                      signal.Signals(signum).name, settings.shutdown_timeout)
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     host = settings.host if ":" not in settings.host else f"[{settings.host}]"
-    claude = bridge.claude.health()
-    ollama = bridge.ollama.health()
-    _LOG.info(f"claude-bridge {__version__} listening on http://{host}:{server.effective_port}/v1")
-    _LOG.info(f"claude: {claude['version'] or claude['error']}; ollama at {settings.ollama_url}: "
-        f"{'version ' + str(ollama['version']) if ollama['ok'] else 'not reachable'}; "
-        f"database: {os.path.abspath(settings.usage_db_path)}; "
-        f"auth: {'on' if settings.claude_auth_key else 'off'}")
+    _LOG.info("claude-bridge %s listening on http://%s:%s/v1", __version__, host,
+              server.effective_port)
+    _LOG.info("%s; database: %s; auth: %s",
+              "; ".join(b.describe() for b in reversed(bridge.backends)),
+              os.path.abspath(settings.usage_db_path),
+              "on" if settings.claude_auth_key else "off")
     if not _is_loopback(settings.host) and not settings.allowed_hosts:
-        _LOG.info("clients must reach the bridge by an IP address, localhost or HOST: list other "
-            "names (this machine's, a proxy's) in ALLOWED_HOSTS")
+        _LOG.info("clients must reach the bridge by an IP address, localhost or HOST: list "
+                  "other names (this machine's, a proxy's) in ALLOWED_HOSTS")
     if not settings.claude_auth_key and not _is_loopback(settings.host):
-        _LOG.warning(f"WARNING: listening on {settings.host} without CLAUDE_AUTH_KEY "
-            "(ALLOW_EXPOSED_WITHOUT_KEY=true): anyone who reaches this port can use the API")
+        _LOG.warning("WARNING: listening on %s without CLAUDE_AUTH_KEY "
+                     "(ALLOW_EXPOSED_WITHOUT_KEY=true): anyone who reaches this port can use "
+                     "the API", settings.host)
     if settings.threads < settings.claude_max_concurrency + settings.claude_queue_max + 8:
-        _LOG.warning(f"WARNING: THREADS={settings.threads} leaves little room beside "
-            f"CLAUDE_MAX_CONCURRENCY + CLAUDE_QUEUE_MAX; other requests may wait")
+        _LOG.warning("WARNING: THREADS=%s leaves little room beside CLAUDE_MAX_CONCURRENCY "
+                     "+ CLAUDE_QUEUE_MAX; other requests may wait", settings.threads)
     serve(server, stop, settings.shutdown_timeout, hurry)
     _LOG.info("stopped")
     return 0
