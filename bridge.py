@@ -1905,20 +1905,7 @@ class ClaudeRun(Run):
             stderr = _StderrTail(proc.stderr)
         with self.proc_lock:
             self.proc = proc
-        content = prompt
-        if self.images:
-            content = [{"type": "text", "text": prompt}, *self.images]
-        line = _dumps({"type": "user", "message": {"role": "user", "content": content}})
-        try:
-            proc.stdin.write(line.encode("utf-8") + b"\n")
-            proc.stdin.flush()
-        except (BrokenPipeError, OSError, ValueError):
-            pass  # it died early; its exit tells why
-        if not keep:
-            try:
-                proc.stdin.close()  # EOF after one message: the CLI answers it and exits
-            except OSError:
-                pass
+        self._send(proc, prompt, keep)
         parser = _ClaudeEvents()
         for raw in proc.stdout:
             for event in parser.feed(raw):
@@ -1930,21 +1917,12 @@ class ClaudeRun(Run):
                 break
         result = parser.result
         if result is None or result.get("is_error"):
-            for pipe in (proc.stdin, proc.stdout):  # a kept CLI would wait for more input
-                try:
-                    pipe.close()
-                except OSError:
-                    pass
-            try:
-                code = proc.wait(timeout=_KILL_GRACE_SECONDS)
-            except subprocess.TimeoutExpired:
-                code = None
-            message = parser.error_message(stderr.text(), code)
-            self._forget(proc)
+            message = self._failed(proc, parser, stderr)
             if self._cancelled.is_set():
                 return None
             if was_held and parser.lines == 0:
-                _LOG.warning("held claude pid %s was dead (%s); starting another", proc.pid, message)
+                _LOG.warning("held claude pid %s was dead (%s); starting another", proc.pid,
+                             message)
                 return "dead"
             if heal and not parser.sent_text and _NO_CONVERSATION in message:
                 return "heal"
@@ -1980,6 +1958,38 @@ class ClaudeRun(Run):
             pass
         self._forget(proc)
         return None
+
+    def _send(self, proc, prompt, keep):
+        """Write the turn's one stream-json message (its images as content blocks)."""
+        content = prompt
+        if self.images:
+            content = [{"type": "text", "text": prompt}, *self.images]
+        line = _dumps({"type": "user", "message": {"role": "user", "content": content}})
+        try:
+            proc.stdin.write(line.encode("utf-8") + b"\n")
+            proc.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            pass  # it died early; its exit tells why
+        if not keep:
+            try:
+                proc.stdin.close()  # EOF after one message: the CLI answers it and exits
+            except OSError:
+                pass
+
+    def _failed(self, proc, parser, stderr):
+        """End a CLI whose turn failed; the CLI's own words for why."""
+        for pipe in (proc.stdin, proc.stdout):  # a kept CLI would wait for more input
+            try:
+                pipe.close()
+            except OSError:
+                pass
+        try:
+            code = proc.wait(timeout=_KILL_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            code = None
+        message = parser.error_message(stderr.text(), code)
+        self._forget(proc)
+        return message
 
     def _forget(self, proc):
         with self.proc_lock:
@@ -2604,8 +2614,9 @@ _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
 def _containers_allowed(size):
     """Objects and arrays a body of `size` bytes may hold. Each costs Python 60-200 bytes
     against 2-8 bytes of JSON, so `[{},{},...]` would cost ~25x its size once parsed
-    (830 MiB for 32 MiB); at one per 40 bytes, a body costs at most ~10x its size."""
-    return 10_000 + size // 40
+    (830 MiB for 32 MiB); at one per 56 bytes, a body costs at most ~10x its size on
+    Python 3.10 to 3.13 (measured by testkit/test_security.py)."""
+    return 10_000 + size // 56
 
 
 def _check_structure(raw):
@@ -2677,48 +2688,8 @@ def refused_chat(body, environ, default_model):
     return chat
 
 
-def parse_chat_request(body, environ, default_model):
-    """Validate a /v1/chat/completions body; InvalidRequest says what to fix."""
-    chat = ChatRequest()
-    model = body.get("model")
-    if model is None:
-        model = default_model
-    _expect(model, (str,), "model", "a string")
-    if not model.strip():
-        raise InvalidRequest("'model' must not be empty.", param="model")
-    chat.model = _checked_model(model)
-    messages = body.get("messages")
-    if messages is None:
-        raise InvalidRequest("'messages' is required.", param="messages")
-    _expect(messages, (list,), "messages", "an array")
-    if not messages:
-        raise InvalidRequest("'messages' must contain at least one message.", param="messages")
-    chat.messages = []
-    for i, msg in enumerate(messages):
-        _expect(msg, (dict,), f"messages[{i}]", "an object")
-        role = msg.get("role")
-        if role not in _ROLES:
-            what = "is missing" if role is None else f"{role!r} is not a known role"
-            raise InvalidRequest(f"'messages[{i}].role' {what}; use one of "
-                                 + ", ".join(_ROLES) + ".", param=f"messages[{i}].role")
-        text, images = _message_content(msg, i)
-        _check_fields(msg, f"messages[{i}]", {"name": _STR, "tool_call_id": _STR})
-        chat.messages.append({
-            "role": role, "content": text, "images": images,
-            "tool_calls": _tool_calls(msg, i) if role == "assistant" else [],
-            "tool_call_id": msg.get("tool_call_id") if role == "tool" else None,
-        })
-    stream = body.get("stream")
-    chat.stream = bool(_expect(stream, (bool,), "stream", "a boolean")) \
-        if stream is not None else False
-    options = body.get("stream_options")
-    chat.include_usage = False
-    if options is not None:
-        _expect(options, (dict,), "stream_options", "an object")
-        flag = options.get("include_usage")
-        if flag is not None:
-            chat.include_usage = _expect(flag, (bool,), "stream_options.include_usage",
-                                         "a boolean")
+def _chat_params(body):
+    """The generation parameters of a chat request, checked: {name: value} of those given."""
     n = _number(body, "n", 1, 128, integer=True)
     if n is not None and n > 1:
         raise InvalidRequest("Only n=1 is supported.", param="n")
@@ -2776,7 +2747,52 @@ def parse_chat_request(body, environ, default_model):
             _check_fields(spec, "response_format.json_schema", {
                 "schema": _OBJ, "strict": _OPT_BOOL, "description": _STR})
         params["response_format"] = fmt
-    chat.params = params
+    return params
+
+
+def parse_chat_request(body, environ, default_model):
+    """Validate a /v1/chat/completions body; InvalidRequest says what to fix."""
+    chat = ChatRequest()
+    model = body.get("model")
+    if model is None:
+        model = default_model
+    _expect(model, (str,), "model", "a string")
+    if not model.strip():
+        raise InvalidRequest("'model' must not be empty.", param="model")
+    chat.model = _checked_model(model)
+    messages = body.get("messages")
+    if messages is None:
+        raise InvalidRequest("'messages' is required.", param="messages")
+    _expect(messages, (list,), "messages", "an array")
+    if not messages:
+        raise InvalidRequest("'messages' must contain at least one message.", param="messages")
+    chat.messages = []
+    for i, msg in enumerate(messages):
+        _expect(msg, (dict,), f"messages[{i}]", "an object")
+        role = msg.get("role")
+        if role not in _ROLES:
+            what = "is missing" if role is None else f"{role!r} is not a known role"
+            raise InvalidRequest(f"'messages[{i}].role' {what}; use one of "
+                                 + ", ".join(_ROLES) + ".", param=f"messages[{i}].role")
+        text, images = _message_content(msg, i)
+        _check_fields(msg, f"messages[{i}]", {"name": _STR, "tool_call_id": _STR})
+        chat.messages.append({
+            "role": role, "content": text, "images": images,
+            "tool_calls": _tool_calls(msg, i) if role == "assistant" else [],
+            "tool_call_id": msg.get("tool_call_id") if role == "tool" else None,
+        })
+    stream = body.get("stream")
+    chat.stream = bool(_expect(stream, (bool,), "stream", "a boolean")) \
+        if stream is not None else False
+    options = body.get("stream_options")
+    chat.include_usage = False
+    if options is not None:
+        _expect(options, (dict,), "stream_options", "an object")
+        flag = options.get("include_usage")
+        if flag is not None:
+            chat.include_usage = _expect(flag, (bool,), "stream_options.include_usage",
+                                         "a boolean")
+    chat.params = _chat_params(body)
     chat.session_id = _session_id(environ)
     chat.client_gone = environ.get("waitress.client_disconnected") or _never
     chat.request_id = "chatcmpl-" + secrets.token_hex(12)

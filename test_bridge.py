@@ -1975,7 +1975,7 @@ def test_a_second_ctrl_c_stops_at_once(bridge_process):
         try:
             answers.append(requests.post(bp.url + "/v1/chat/completions", timeout=60,
                                          json=user("[fake:slow:300:100]")).status_code)
-        except requests.ConnectionError:
+        except requests.RequestException:  # reset, or a chunked body cut short
             answers.append("closed")
 
     sender = threading.Thread(target=in_flight)
