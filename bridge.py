@@ -3128,6 +3128,61 @@ def _events_with_housekeeping(run, environ, heartbeat):
             return
 
 
+class Assembly:
+    """One turn's events, as a client is sent them: the text and tool calls of a JSON
+    reply, or the pieces of a stream, and the turn's Final.
+
+    A backend may void text it already produced ("retract", then a retry). A JSON reply
+    simply drops it. A stream cannot unsend it: when the retried answer starts with the
+    voided text, only the rest is sent; when it differs, the client gets the voided text
+    followed by the whole retried answer."""
+
+    def __init__(self):
+        self.parts = []  # the JSON reply's text
+        self.calls = []  # its tool calls, in order
+        self.final = None
+        self.void_left = ""  # voided text the retry has not repeated yet
+        self.held = ""  # retry text held back because it repeats voided text
+
+    def text(self):
+        """The JSON reply's text."""
+        return "".join(self.parts)
+
+    def feed(self, event):
+        """Take one event; the pieces to stream for it: ("text", str) and
+        ("tool_call", index, call)."""
+        kind = event[0]
+        if kind == "text":
+            self.parts.append(event[1])
+            text = self._unrepeated(event[1])
+            return [("text", text)] if text else []
+        if kind == "tool_calls":
+            first = len(self.calls)
+            self.calls.extend(event[1])
+            return [("tool_call", first + i, call) for i, call in enumerate(event[1])]
+        if kind == "retract":
+            text = self.text()
+            if text.endswith(event[1]):
+                self.parts = [text[:len(text) - len(event[1])]]
+            self.void_left, self.held = self.void_left + event[1], ""
+        elif kind == "done":
+            self.final = event[1]
+        return []
+
+    def _unrepeated(self, text):
+        if not self.void_left:
+            return text
+        n = len(os.path.commonprefix([self.void_left, text]))
+        if n == len(text):  # all of it repeats what was voided: hold it back
+            self.void_left, self.held = self.void_left[n:], self.held + text
+            return ""
+        if n == len(self.void_left):  # the repeat is complete: the rest is new
+            self.void_left, self.held = "", ""
+            return text[n:]
+        text, self.void_left, self.held = self.held + text, "", ""  # a different answer
+        return text
+
+
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/=+-]{1,128}\Z")
 
 
@@ -3524,21 +3579,13 @@ def make_app(settings):
                 record.write("error", 500, "internal error in the bridge", run=run)
 
     def _complete(chat, events, record):
-        parts, calls = [], []
+        turn = Assembly()
         for event in events:
-            kind = event[0]
-            if kind == "text":
+            if event[0] in ("text", "tool_calls"):
                 record.first()
-                parts.append(event[1])
-            elif kind == "tool_calls":
-                record.first()
-                calls.extend(event[1])
-            elif kind == "retract":
-                _retract(parts, event[1])
-            elif kind == "done":
-                final = event[1]
-        body = completion_body(chat, "".join(parts), final, calls)
-        record.write("ok", 200, final=final)
+            turn.feed(event)
+        body = completion_body(chat, turn.text(), turn.final, turn.calls)
+        record.write("ok", 200, final=turn.final)
         return _json_response(body)
 
     def _stream(chat, run, events, first, record):
@@ -3548,42 +3595,19 @@ def make_app(settings):
         bottle.response.set_header("X-Accel-Buffering", "no")  # nginx: do not buffer
 
         def generate():
-            # Abandoned blocks: text already sent cannot be unsent. When the CLI's retried
-            # answer starts with the voided text, only the rest is sent; when it differs,
-            # the client gets the voided text followed by the whole retried answer.
-            void_left = ""  # voided text the retry has not repeated yet
-            held = ""  # retry text held back because it repeats voided text
-            tool_index = 0
+            turn = Assembly()
             try:
                 yield writer.chunk({"role": "assistant", "content": ""})
                 stream = iter(events)
                 event = first
                 while event is not None:
-                    kind = event[0]
-                    if kind == "tick":
+                    if event[0] == "tick":
                         yield b": keep-alive\n\n"
-                    elif kind == "text":
-                        text = event[1]
-                        if void_left:
-                            n = len(os.path.commonprefix([void_left, text]))
-                            if n == len(text):
-                                void_left, held, text = void_left[n:], held + text, ""
-                            elif n == len(void_left):
-                                void_left, held, text = "", "", text[n:]
-                            else:
-                                void_left, held, text = "", "", held + text
-                        if text:
-                            record.first()
-                            yield writer.chunk({"content": text})
-                    elif kind == "tool_calls":
+                    for piece in turn.feed(event):
                         record.first()
-                        for call in event[1]:
-                            yield writer.chunk({"tool_calls": [
-                                {"index": tool_index, **call}]})
-                            tool_index += 1
-                    elif kind == "retract":
-                        void_left, held = void_left + event[1], ""
-                    elif kind == "done":
+                        yield writer.chunk({"content": piece[1]} if piece[0] == "text" else
+                                           {"tool_calls": [{"index": piece[1], **piece[2]}]})
+                    if event[0] == "done":
                         final = event[1]
                         record.write("ok", 200, final=final)
                         out = writer.chunk({}, final.finish_reason)
@@ -4318,13 +4342,6 @@ def openapi_document(version, providers=("ollama", "claude")):
                 operation["responses"]["415"] = {
                     "$ref": "#/components/responses/UnsupportedMediaType"}
     return document
-
-
-def _retract(parts, void):
-    """Drop `void` from the end of the collected text parts."""
-    text = "".join(parts)
-    if text.endswith(void):
-        parts[:] = [text[:len(text) - len(void)]]
 
 
 # ----------------------------------------------------------------------------------------

@@ -286,6 +286,38 @@ def test_abandoned_blocks_stream_that_differs_keeps_the_whole_answer(br):
     assert reply.choices[0].message.content.startswith("FAKE-REPLY")
 
 
+def _assemble(*events):
+    """(streamed text, streamed tool calls, JSON text) of one turn's events."""
+    turn = bridge.Assembly()
+    pieces = [p for e in events for p in turn.feed(e)]
+    return ("".join(p[1] for p in pieces if p[0] == "text"),
+            [(p[1], p[2]) for p in pieces if p[0] == "tool_call"], turn.text())
+
+
+@pytest.mark.parametrize("events,streamed,reply", [
+    # No retract: everything as it comes.
+    ([("text", "Hel"), ("text", "lo")], "Hello", "Hello"),
+    # The retry repeats the voided text, in other pieces: only the rest is streamed.
+    ([("text", "Hel"), ("retract", "Hel"), ("text", "He"), ("text", "llo w"), ("text", "orld")],
+     "Hello world", "Hello world"),
+    # The retry differs: the stream keeps the voided text and then the whole retry.
+    ([("text", "Hel"), ("retract", "Hel"), ("text", "He"), ("text", "y there")],
+     "HelHey there", "Hey there"),
+    # Only part of earlier text is voided; the retry repeats it exactly, then stops.
+    ([("text", "A. "), ("text", "B"), ("retract", "B"), ("text", "B")], "A. B", "A. B"),
+    # A retract of text never sent (a mismatch) leaves the JSON text alone.
+    ([("text", "abc"), ("retract", "zz"), ("text", "zzd")], "abcd", "abczzd"),
+])
+def test_the_assembly_of_a_turn_with_voided_text(events, streamed, reply):
+    assert _assemble(*events)[0::2] == (streamed, reply)
+
+
+def test_the_assembly_numbers_tool_calls_across_events():
+    calls = [{"id": "a"}, {"id": "b"}]
+    _, streamed, _ = _assemble(("tool_calls", calls[:1]), ("text", "x"), ("tool_calls", calls[1:]))
+    assert streamed == [(0, {"id": "a"}), (1, {"id": "b"})]
+
+
 # ----------------------------------------------------------------------------------------
 # Errors before and after the first byte
 # ----------------------------------------------------------------------------------------
