@@ -2911,6 +2911,16 @@ def _error_response(exc):
     return _json_response(exc.body(), exc.status, exc.headers)
 
 
+def _answer_errors(callback):
+    """The Bottle plugin that answers a BridgeError a route raises with its OpenAI error."""
+    def route(*args, **kwargs):
+        try:
+            return callback(*args, **kwargs)
+        except BridgeError as exc:
+            return _error_response(exc)
+    return route
+
+
 # Histogram buckets, in seconds: from a quick Ollama reply to a long agentic Claude turn.
 _BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 # Distinct model labels kept; model names come from clients, so the rest are "other".
@@ -3183,7 +3193,8 @@ class Assembly:
         return text
 
 
-_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/=+-]{1,128}\Z")
+_REQUEST_ID_MAX = 128
+_SANE_REQUEST_ID = re.compile(rf"^[A-Za-z0-9._:/=+-]{{1,{_REQUEST_ID_MAX}}}\Z")
 
 
 _HOST_HEADER = re.compile(r"^(\[[0-9A-Fa-f:.]*\]|[^:\[\]]*)(?::[0-9]*)?\Z")
@@ -3410,6 +3421,7 @@ def make_app(settings):
         return _dumps(exc.body())
 
     app.default_error_handler = default_error
+    app.install(_answer_errors)
 
     @app.get("/health")
     def health():
@@ -3460,29 +3472,19 @@ def make_app(settings):
                                  param="provider")
         return {"since": since, "until": until, "provider": provider, "model": query("model")}
 
-    def usage_route(path):
-        def decorate(handler):
-            def wrapper():
-                try:
-                    return _json_response(handler())
-                except InvalidRequest as exc:
-                    return _error_response(exc)
-            return app.get(path, callback=wrapper)
-        return decorate
-
-    @usage_route("/v1/usage")
+    @app.get("/v1/usage")
     def usage():
-        return bridge.store.summary(**filters())
+        return _json_response(bridge.store.summary(**filters()))
 
-    @usage_route("/v1/usage/recent")
+    @app.get("/v1/usage/recent")
     def usage_recent():
         raw = query("limit") or "50"
         if not re.fullmatch(r"[0-9]{1,4}", raw) or not 1 <= int(raw) <= _RECENT_MAX:
             raise InvalidRequest(f"'limit' must be a whole number from 1 to {_RECENT_MAX}.",
                                  param="limit")
-        return bridge.store.recent(int(raw), filters()["since"])
+        return _json_response(bridge.store.recent(int(raw), filters()["since"]))
 
-    @usage_route("/v1/usage/timeseries")
+    @app.get("/v1/usage/timeseries")
     def usage_timeseries():
         bucket = query("bucket") or "hour"
         if bucket not in UsageStore.BUCKETS:
@@ -3494,7 +3496,7 @@ def make_app(settings):
             if since is None or _ts_seconds(until) - _ts_seconds(since) > 2 * 86400:
                 raise InvalidRequest("bucket=minute needs 'since' within 2 days of 'until' "
                                      "(e.g. since=1h).", param="since")
-        return bridge.store.timeseries(bucket, **window)
+        return _json_response(bridge.store.timeseries(bucket, **window))
 
     @app.get("/metrics")
     def metrics():
@@ -3513,8 +3515,7 @@ def make_app(settings):
     @app.get("/dashboard")
     def dashboard():
         if dashboard_html is None:
-            return _error_response(NotFound(
-                "dashboard.html is missing: copy it next to bridge.py."))
+            raise NotFound("dashboard.html is missing: copy it next to bridge.py.")
         response = bottle.HTTPResponse(body=dashboard_html)
         response.content_type = "text/html; charset=utf-8"
         # The page holds no data (it fetches it with the key); still, nothing but itself
@@ -3535,12 +3536,9 @@ def make_app(settings):
         except ValueError:
             length = 0
         if length > bridge.max_body:  # (under waitress, its parser answers this first)
-            return _error_response(_too_large(settings))
+            raise _too_large(settings)
         raw = environ["wsgi.input"].read(length) if length else b""
-        try:
-            body = parse_json_body(raw)
-        except InvalidRequest as exc:
-            return _error_response(exc)  # not parsed: no usage row
+        body = parse_json_body(raw)  # a body that is no JSON object has no usage row
         try:
             chat = parse_chat_request(body, environ, settings.claude_default_model)
         except InvalidRequest as exc:
@@ -3731,8 +3729,10 @@ def openapi_document(version, providers=("ollama", "claude")):
                     {"name": "X-Session-ID", "in": "header", "required": False,
                      "description": "Keep the conversation on the bridge's side (Claude's "
                                     "session store, or memory for Ollama): later turns send "
-                                    "only their new messages. 1 to 128 printable characters.",
-                     "schema": {"type": "string", "minLength": 1, "maxLength": 128,
+                                    f"only their new messages. 1 to {_SESSION_ID_MAX} printable "
+                                    "characters.",
+                     "schema": {"type": "string", "minLength": 1,
+                                "maxLength": _SESSION_ID_MAX,
                                 "pattern": "^[!-~]([ -~]*[!-~])?$"}},
                     {"$ref": "#/components/parameters/X-Request-ID"},
                 ],
@@ -3845,8 +3845,8 @@ def openapi_document(version, providers=("ollama", "claude")):
                 "tags": ["usage"],
                 "summary": "The latest usage rows, newest first.",
                 "parameters": [
-                    query("limit", {"type": "integer", "minimum": 1, "maximum": 1000,
-                                    "default": 50}, "How many rows, 1 to 1000."),
+                    query("limit", {"type": "integer", "minimum": 1, "maximum": _RECENT_MAX,
+                                    "default": 50}, f"How many rows, 1 to {_RECENT_MAX}."),
                     since,
                 ],
                 "responses": {
@@ -3934,14 +3934,16 @@ def openapi_document(version, providers=("ollama", "claude")):
             "parameters": {"X-Request-ID": {
                 "name": "X-Request-ID", "in": "header", "required": False,
                 "description": "Your id for this request: echoed in the response's "
-                               "X-Request-ID and kept in its usage row when it is 1 to 128 of "
+                               f"X-Request-ID and kept in its usage row when it is 1 to "
+                               f"{_REQUEST_ID_MAX} of "
                                "`A-Z a-z 0-9 . _ : / = + -`; otherwise the bridge makes one.",
                 "schema": {"type": "string"}}},
             "headers": {"X-Request-ID": {
                 "description": "The request's id: the client's X-Request-ID when it was sane, "
                                "else a new one.",
                 "required": True,
-                "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:/=+-]{1,128}$"}}},
+                "schema": {"type": "string",
+                           "pattern": _SANE_REQUEST_ID.pattern.replace("\\Z", "$")}}},
             "responses": {
                 "BadRequest": error("Bad JSON, a bad field or parameter (`param` names it), "
                                     "or a model name that is not valid (code "
