@@ -10,6 +10,7 @@ import argparse
 import base64
 import collections
 import datetime
+import functools
 import hmac
 import json
 import logging
@@ -3079,6 +3080,18 @@ class Bridge:
         self.backends = [self.ollama, self.claude]  # Claude last: it takes the rest
         self.metrics = Metrics()
         self.max_body = settings.max_body_mb * 1024 * 1024
+        self.auth_key = settings.claude_auth_key.encode("utf-8") or None
+        self.dashboard_html = _dashboard_html()
+
+    def authorized(self):
+        """Whether the request being answered carries the key (or no key is set)."""
+        if self.auth_key is None:
+            return True
+        header = bottle.request.get_header("Authorization", "")
+        scheme, _, token = header.strip().partition(" ")
+        # RFC 7235: the scheme is case-insensitive.
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            token.strip().encode("utf-8", "replace"), self.auth_key)
 
     def register(self, backend):
         """Add a backend, asked before those already there."""
@@ -3373,266 +3386,271 @@ def _dashboard_html():
     return None
 
 
+def _check_auth(bridge):
+    # /dashboard is a static page without data (it asks for the key itself), the API
+    # description is public, and /health says only "ok" or "degraded" without the key.
+    path = bottle.request.path
+    if path in ("/health", "/dashboard", "/openapi.json") or bridge.authorized():
+        return
+    if path == "/metrics" and bridge.settings.metrics_loopback_open and _is_loopback(
+            bottle.request.environ.get("REMOTE_ADDR", "")):
+        return
+    raise _error_response(Unauthorized(
+        "Missing or wrong API key: send 'Authorization: Bearer <CLAUDE_AUTH_KEY>'."))
+
+
+def _default_error(res):
+    # Bottle's own errors (404, 405, 500): JSON, never HTML or a traceback.
+    if res.status_code == 404:
+        exc = NotFound(f"No route for {bottle.request.method} {bottle.request.path}.")
+    elif res.status_code == 405:
+        exc = MethodNotAllowed(f"{bottle.request.method} is not allowed on "
+                               f"{bottle.request.path}.")
+    else:
+        if res.traceback:
+            _LOG.error("unhandled error on %s", bottle.request.path,
+                       extra={"trace": res.traceback})
+        exc = BridgeError("Internal error in the bridge; see its log.")
+        exc.status = res.status_code if res.status_code >= 400 else 500
+    # Bottle applied `res` to the response already: set headers on the response.
+    bottle.response.content_type = _JSON
+    return _dumps(exc.body())
+
+
+def get_health(bridge):
+    backends = {b.provider: b.health() for b in bridge.backends}
+    database = bridge.store.health()
+    # Any backend may be unused on a machine: "ok" needs one of them and the db.
+    usable = any(b["ok"] for b in backends.values())
+    status = "ok" if usable and database["ok"] else "degraded"
+    if not bridge.authorized():  # paths, versions and URLs are for the key's holder
+        return _json_response({"status": status})
+    return _json_response({"status": status, "version": __version__,
+                           "backends": backends, "database": database})
+
+
+def get_index(bridge):
+    return _json_response({
+        "name": "claude-bridge", "version": __version__,
+        "message": "An OpenAI-compatible API over the Claude Code CLI and Ollama: point "
+                   "OpenAI clients at /v1 (base_url http://<this host>/v1). The usage "
+                   "dashboard is at /dashboard; the API is described at /openapi.json; "
+                   "the README tells the rest.",
+        "links": {"api": "/v1", "models": "/v1/models", "dashboard": "/dashboard",
+                  "openapi": "/openapi.json", "health": "/health", "usage": "/v1/usage"}})
+
+
+def list_models(bridge):
+    # Claude's names first, as clients show the first as the default.
+    data = [m for b in reversed(bridge.backends) for m in b.models()]
+    return _json_response({"object": "list", "data": data})
+
+
+def _query(name):
+    # A repeated parameter is ambiguous (frameworks differ on first vs last): refuse it.
+    if len(bottle.request.query.getall(name)) > 1:
+        raise InvalidRequest(f"'{name}' was given more than once; give it once.",
+                             param=name)
+    value = bottle.request.query.getunicode(name)
+    return value.strip() if value and value.strip() else None
+
+
+def _filters(bridge):
+    since, until = _query("since"), _query("until")
+    since = parse_time(since, "since") if since else None
+    until = parse_time(until, "until") if until else None
+    if since and until and since >= until:
+        raise InvalidRequest("'since' must be before 'until'.", param="since")
+    provider = _query("provider")
+    if provider is not None and provider not in bridge.providers():
+        raise InvalidRequest(f"'provider' must be one of {', '.join(bridge.providers())}.",
+                             param="provider")
+    return {"since": since, "until": until, "provider": provider, "model": _query("model")}
+
+
+def get_usage(bridge):
+    return _json_response(bridge.store.summary(**_filters(bridge)))
+
+
+def get_usage_recent(bridge):
+    raw = _query("limit") or "50"
+    if not re.fullmatch(r"[0-9]{1,4}", raw) or not 1 <= int(raw) <= _RECENT_MAX:
+        raise InvalidRequest(f"'limit' must be a whole number from 1 to {_RECENT_MAX}.",
+                             param="limit")
+    return _json_response(bridge.store.recent(int(raw), _filters(bridge)["since"]))
+
+
+def get_usage_timeseries(bridge):
+    bucket = _query("bucket") or "hour"
+    if bucket not in UsageStore.BUCKETS:
+        raise InvalidRequest("'bucket' must be minute, hour or day.", param="bucket")
+    window = _filters(bridge)
+    if bucket == "minute":
+        # Minutes are summed from raw rows: keep the window small.
+        since, until = window["since"], window["until"] or _utc_now_text()
+        if since is None or _ts_seconds(until) - _ts_seconds(since) > 2 * 86400:
+            raise InvalidRequest("bucket=minute needs 'since' within 2 days of 'until' "
+                                 "(e.g. since=1h).", param="since")
+    return _json_response(bridge.store.timeseries(bucket, **window))
+
+
+def get_metrics(bridge):
+    text = bridge.metrics.render((
+        *(gauge for b in reversed(bridge.backends) for gauge in b.gauges()),
+        ("bridge_database_up", "1 if the usage database can be written.",
+         int(bridge.store.health()["ok"]))))
+    response = bottle.HTTPResponse(body=text)
+    response.content_type = "text/plain; version=0.0.4; charset=utf-8"
+    return response
+
+
+def get_openapi(bridge):
+    return _json_response(openapi_document(__version__, bridge.providers()))
+
+
+def get_dashboard(bridge):
+    if bridge.dashboard_html is None:
+        raise NotFound("dashboard.html is missing: copy it next to bridge.py.")
+    response = bottle.HTTPResponse(body=bridge.dashboard_html)
+    response.content_type = "text/html; charset=utf-8"
+    # The page holds no data (it fetches it with the key); still, nothing but itself
+    # may run or be loaded, so a hostile string could do nothing even if rendered.
+    response.set_header("Content-Security-Policy",
+                        "default-src 'none'; script-src 'unsafe-inline'; "
+                        "style-src 'unsafe-inline'; connect-src 'self'; img-src data:; "
+                        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+    response.set_header("X-Content-Type-Options", "nosniff")
+    response.set_header("Referrer-Policy", "no-referrer")
+    return response
+
+
+def create_chat_completion(bridge):
+    environ, settings = bottle.request.environ, bridge.settings
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    if length > bridge.max_body:  # (under waitress, its parser answers this first)
+        raise _too_large(settings)
+    raw = environ["wsgi.input"].read(length) if length else b""
+    body = parse_json_body(raw)  # a body that is no JSON object has no usage row
+    try:
+        chat = parse_chat_request(body, environ, settings.claude_default_model)
+    except InvalidRequest as exc:
+        chat = refused_chat(body, environ, settings.claude_default_model)
+        chat.session_id = bridge.store.session_tag(chat.session_id)
+        RequestRecord(bridge, chat, bridge.backend_for(chat.model).provider, environ).write(
+            "error", exc.status, exc.message)
+        return _error_response(exc)
+    # From here on the session is known by its tag only: rows, logs, errors, keys.
+    chat.session_id = bridge.store.session_tag(chat.session_id)
+    backend = bridge.backend_for(chat.model)
+    record = RequestRecord(bridge, chat, backend.provider, environ)
+    run = None
+    handed_off = False
+    try:
+        run = backend.open(chat).start()
+        events = _events_with_housekeeping(run, environ, settings.sse_heartbeat_seconds)
+        if chat.stream:
+            # Wait for the first content before committing to 200, so an early
+            # failure still gets its real status.
+            first = next(e for e in events if e[0] != "tick")
+            handed_off = True
+            return _stream(chat, run, events, first, record)
+        return _complete(chat, events, record)
+    except BridgeError as exc:
+        record.write("error", exc.status, exc.message, run=run)
+        return _error_response(exc)
+    except ClientGone:
+        record.write("cancelled", 499, "client disconnected", run=run)
+        return bottle.HTTPResponse(status=400)  # nobody is listening
+    finally:
+        if not handed_off:
+            if run is not None:
+                run.close()
+            # A bug took another way out: the row is still written (Bottle answers 500).
+            record.write("error", 500, "internal error in the bridge", run=run)
+
+
+def _complete(chat, events, record):
+    turn = Assembly()
+    for event in events:
+        if event[0] in ("text", "tool_calls"):
+            record.first()
+        turn.feed(event)
+    body = completion_body(chat, turn.text(), turn.final, turn.calls)
+    record.write("ok", 200, final=turn.final)
+    return _json_response(body)
+
+
+def _stream(chat, run, events, first, record):
+    writer = ChunkWriter(chat)
+    bottle.response.content_type = "text/event-stream"
+    bottle.response.set_header("Cache-Control", "no-cache")
+    bottle.response.set_header("X-Accel-Buffering", "no")  # nginx: do not buffer
+
+    def generate():
+        turn = Assembly()
+        try:
+            yield writer.chunk({"role": "assistant", "content": ""})
+            stream = iter(events)
+            event = first
+            while event is not None:
+                if event[0] == "tick":
+                    yield b": keep-alive\n\n"
+                for piece in turn.feed(event):
+                    record.first()
+                    yield writer.chunk({"content": piece[1]} if piece[0] == "text" else
+                                       {"tool_calls": [{"index": piece[1], **piece[2]}]})
+                if event[0] == "done":
+                    final = event[1]
+                    record.write("ok", 200, final=final)
+                    out = writer.chunk({}, final.finish_reason)
+                    if chat.include_usage:
+                        out += writer.usage(final)
+                    yield out + b"data: [DONE]\n\n"
+                    return
+                event = next(stream, None)
+            raise BackendFailed("the backend ended without a result")
+        except BridgeError as exc:
+            record.write("error", exc.status, exc.message, run=run)
+            yield writer.error(exc)
+        except ClientGone:
+            record.write("cancelled", 499, "client disconnected", run=run)
+        except GeneratorExit:
+            record.write("cancelled", 499, "client disconnected", run=run)
+            raise
+        except Exception:  # a bug: still one error event, one row, no traceback in it
+            _LOG.exception("stream failed")
+            failure = BridgeError("Internal error in the bridge; see its log.")
+            record.write("error", 500, failure.message, run=run)
+            yield writer.error(failure)
+        finally:
+            run.close()
+
+    return generate()
+
+
+# (method, path, function of the Bridge): what make_app registers.
+ROUTES = (
+    ("GET", "/", get_index), ("GET", "/health", get_health),
+    ("GET", "/v1/models", list_models), ("POST", "/v1/chat/completions", create_chat_completion),
+    ("GET", "/v1/usage", get_usage), ("GET", "/v1/usage/recent", get_usage_recent),
+    ("GET", "/v1/usage/timeseries", get_usage_timeseries), ("GET", "/metrics", get_metrics),
+    ("GET", "/openapi.json", get_openapi), ("GET", "/dashboard", get_dashboard),
+)
+
+
 def make_app(settings):
     """Build the WSGI app and everything it owns; `app.bridge` holds the state."""
     bridge = Bridge(settings)
     app = bottle.Bottle()
-    dashboard_html = _dashboard_html()
     app.bridge = bridge
-    auth_key = settings.claude_auth_key.encode("utf-8") if settings.claude_auth_key else None
-
-    def authorized():
-        if auth_key is None:
-            return True
-        header = bottle.request.get_header("Authorization", "")
-        scheme, _, token = header.strip().partition(" ")
-        # RFC 7235: the scheme is case-insensitive.
-        return scheme.lower() == "bearer" and hmac.compare_digest(
-            token.strip().encode("utf-8", "replace"), auth_key)
-
-    @app.hook("before_request")
-    def check_auth():
-        # /dashboard is a static page without data (it asks for the key itself), the API
-        # description is public, and /health says only "ok" or "degraded" without the key.
-        path = bottle.request.path
-        if path in ("/health", "/dashboard", "/openapi.json") or authorized():
-            return
-        if path == "/metrics" and settings.metrics_loopback_open and _is_loopback(
-                bottle.request.environ.get("REMOTE_ADDR", "")):
-            return
-        raise _error_response(Unauthorized(
-            "Missing or wrong API key: send 'Authorization: Bearer <CLAUDE_AUTH_KEY>'."))
-
-    def default_error(res):
-        # Bottle's own errors (404, 405, 500): JSON, never HTML or a traceback.
-        if res.status_code == 404:
-            exc = NotFound(f"No route for {bottle.request.method} {bottle.request.path}.")
-        elif res.status_code == 405:
-            exc = MethodNotAllowed(f"{bottle.request.method} is not allowed on "
-                                   f"{bottle.request.path}.")
-        else:
-            if res.traceback:
-                _LOG.error("unhandled error on %s", bottle.request.path,
-                           extra={"trace": res.traceback})
-            exc = BridgeError("Internal error in the bridge; see its log.")
-            exc.status = res.status_code if res.status_code >= 400 else 500
-        # Bottle applied `res` to the response already: set headers on the response.
-        bottle.response.content_type = _JSON
-        return _dumps(exc.body())
-
-    app.default_error_handler = default_error
+    app.add_hook("before_request", functools.partial(_check_auth, bridge))
+    app.default_error_handler = _default_error
     app.install(_answer_errors)
-
-    @app.get("/health")
-    def health():
-        backends = {b.provider: b.health() for b in bridge.backends}
-        database = bridge.store.health()
-        # Any backend may be unused on a machine: "ok" needs one of them and the db.
-        usable = any(b["ok"] for b in backends.values())
-        status = "ok" if usable and database["ok"] else "degraded"
-        if not authorized():  # paths, versions and URLs are for the key's holder
-            return _json_response({"status": status})
-        return _json_response({"status": status, "version": __version__,
-                               "backends": backends, "database": database})
-
-    @app.get("/")
-    def index():
-        return _json_response({
-            "name": "claude-bridge", "version": __version__,
-            "message": "An OpenAI-compatible API over the Claude Code CLI and Ollama: point "
-                       "OpenAI clients at /v1 (base_url http://<this host>/v1). The usage "
-                       "dashboard is at /dashboard; the API is described at /openapi.json; "
-                       "the README tells the rest.",
-            "links": {"api": "/v1", "models": "/v1/models", "dashboard": "/dashboard",
-                      "openapi": "/openapi.json", "health": "/health", "usage": "/v1/usage"}})
-
-    @app.get("/v1/models")
-    def models():
-        # Claude's names first, as clients show the first as the default.
-        data = [m for b in reversed(bridge.backends) for m in b.models()]
-        return _json_response({"object": "list", "data": data})
-
-    def query(name):
-        # A repeated parameter is ambiguous (frameworks differ on first vs last): refuse it.
-        if len(bottle.request.query.getall(name)) > 1:
-            raise InvalidRequest(f"'{name}' was given more than once; give it once.",
-                                 param=name)
-        value = bottle.request.query.getunicode(name)
-        return value.strip() if value and value.strip() else None
-
-    def filters():
-        since, until = query("since"), query("until")
-        since = parse_time(since, "since") if since else None
-        until = parse_time(until, "until") if until else None
-        if since and until and since >= until:
-            raise InvalidRequest("'since' must be before 'until'.", param="since")
-        provider = query("provider")
-        if provider is not None and provider not in bridge.providers():
-            raise InvalidRequest(f"'provider' must be one of {', '.join(bridge.providers())}.",
-                                 param="provider")
-        return {"since": since, "until": until, "provider": provider, "model": query("model")}
-
-    @app.get("/v1/usage")
-    def usage():
-        return _json_response(bridge.store.summary(**filters()))
-
-    @app.get("/v1/usage/recent")
-    def usage_recent():
-        raw = query("limit") or "50"
-        if not re.fullmatch(r"[0-9]{1,4}", raw) or not 1 <= int(raw) <= _RECENT_MAX:
-            raise InvalidRequest(f"'limit' must be a whole number from 1 to {_RECENT_MAX}.",
-                                 param="limit")
-        return _json_response(bridge.store.recent(int(raw), filters()["since"]))
-
-    @app.get("/v1/usage/timeseries")
-    def usage_timeseries():
-        bucket = query("bucket") or "hour"
-        if bucket not in UsageStore.BUCKETS:
-            raise InvalidRequest("'bucket' must be minute, hour or day.", param="bucket")
-        window = filters()
-        if bucket == "minute":
-            # Minutes are summed from raw rows: keep the window small.
-            since, until = window["since"], window["until"] or _utc_now_text()
-            if since is None or _ts_seconds(until) - _ts_seconds(since) > 2 * 86400:
-                raise InvalidRequest("bucket=minute needs 'since' within 2 days of 'until' "
-                                     "(e.g. since=1h).", param="since")
-        return _json_response(bridge.store.timeseries(bucket, **window))
-
-    @app.get("/metrics")
-    def metrics():
-        text = bridge.metrics.render((
-            *(gauge for b in reversed(bridge.backends) for gauge in b.gauges()),
-            ("bridge_database_up", "1 if the usage database can be written.",
-             int(bridge.store.health()["ok"]))))
-        response = bottle.HTTPResponse(body=text)
-        response.content_type = "text/plain; version=0.0.4; charset=utf-8"
-        return response
-
-    @app.get("/openapi.json")
-    def openapi():
-        return _json_response(openapi_document(__version__, bridge.providers()))
-
-    @app.get("/dashboard")
-    def dashboard():
-        if dashboard_html is None:
-            raise NotFound("dashboard.html is missing: copy it next to bridge.py.")
-        response = bottle.HTTPResponse(body=dashboard_html)
-        response.content_type = "text/html; charset=utf-8"
-        # The page holds no data (it fetches it with the key); still, nothing but itself
-        # may run or be loaded, so a hostile string could do nothing even if rendered.
-        response.set_header("Content-Security-Policy",
-                            "default-src 'none'; script-src 'unsafe-inline'; "
-                            "style-src 'unsafe-inline'; connect-src 'self'; img-src data:; "
-                            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-        response.set_header("X-Content-Type-Options", "nosniff")
-        response.set_header("Referrer-Policy", "no-referrer")
-        return response
-
-    @app.post("/v1/chat/completions")
-    def chat_completions():
-        environ = bottle.request.environ
-        try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            length = 0
-        if length > bridge.max_body:  # (under waitress, its parser answers this first)
-            raise _too_large(settings)
-        raw = environ["wsgi.input"].read(length) if length else b""
-        body = parse_json_body(raw)  # a body that is no JSON object has no usage row
-        try:
-            chat = parse_chat_request(body, environ, settings.claude_default_model)
-        except InvalidRequest as exc:
-            chat = refused_chat(body, environ, settings.claude_default_model)
-            chat.session_id = bridge.store.session_tag(chat.session_id)
-            RequestRecord(bridge, chat, bridge.backend_for(chat.model).provider, environ).write(
-                "error", exc.status, exc.message)
-            return _error_response(exc)
-        # From here on the session is known by its tag only: rows, logs, errors, keys.
-        chat.session_id = bridge.store.session_tag(chat.session_id)
-        backend = bridge.backend_for(chat.model)
-        record = RequestRecord(bridge, chat, backend.provider, environ)
-        run = None
-        handed_off = False
-        try:
-            run = backend.open(chat).start()
-            events = _events_with_housekeeping(run, environ, settings.sse_heartbeat_seconds)
-            if chat.stream:
-                # Wait for the first content before committing to 200, so an early
-                # failure still gets its real status.
-                first = next(e for e in events if e[0] != "tick")
-                handed_off = True
-                return _stream(chat, run, events, first, record)
-            return _complete(chat, events, record)
-        except BridgeError as exc:
-            record.write("error", exc.status, exc.message, run=run)
-            return _error_response(exc)
-        except ClientGone:
-            record.write("cancelled", 499, "client disconnected", run=run)
-            return bottle.HTTPResponse(status=400)  # nobody is listening
-        finally:
-            if not handed_off:
-                if run is not None:
-                    run.close()
-                # A bug took another way out: the row is still written (Bottle answers 500).
-                record.write("error", 500, "internal error in the bridge", run=run)
-
-    def _complete(chat, events, record):
-        turn = Assembly()
-        for event in events:
-            if event[0] in ("text", "tool_calls"):
-                record.first()
-            turn.feed(event)
-        body = completion_body(chat, turn.text(), turn.final, turn.calls)
-        record.write("ok", 200, final=turn.final)
-        return _json_response(body)
-
-    def _stream(chat, run, events, first, record):
-        writer = ChunkWriter(chat)
-        bottle.response.content_type = "text/event-stream"
-        bottle.response.set_header("Cache-Control", "no-cache")
-        bottle.response.set_header("X-Accel-Buffering", "no")  # nginx: do not buffer
-
-        def generate():
-            turn = Assembly()
-            try:
-                yield writer.chunk({"role": "assistant", "content": ""})
-                stream = iter(events)
-                event = first
-                while event is not None:
-                    if event[0] == "tick":
-                        yield b": keep-alive\n\n"
-                    for piece in turn.feed(event):
-                        record.first()
-                        yield writer.chunk({"content": piece[1]} if piece[0] == "text" else
-                                           {"tool_calls": [{"index": piece[1], **piece[2]}]})
-                    if event[0] == "done":
-                        final = event[1]
-                        record.write("ok", 200, final=final)
-                        out = writer.chunk({}, final.finish_reason)
-                        if chat.include_usage:
-                            out += writer.usage(final)
-                        yield out + b"data: [DONE]\n\n"
-                        return
-                    event = next(stream, None)
-                raise BackendFailed("the backend ended without a result")
-            except BridgeError as exc:
-                record.write("error", exc.status, exc.message, run=run)
-                yield writer.error(exc)
-            except ClientGone:
-                record.write("cancelled", 499, "client disconnected", run=run)
-            except GeneratorExit:
-                record.write("cancelled", 499, "client disconnected", run=run)
-                raise
-            except Exception:  # a bug: still one error event, one row, no traceback in it
-                _LOG.exception("stream failed")
-                failure = BridgeError("Internal error in the bridge; see its log.")
-                record.write("error", 500, failure.message, run=run)
-                yield writer.error(failure)
-            finally:
-                run.close()
-
-        return generate()
-
+    for method, path, route in ROUTES:
+        app.route(path, method, functools.partial(route, bridge))
     return BridgeApp(app, bridge, settings.log_requests)
 
 
