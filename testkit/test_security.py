@@ -473,15 +473,15 @@ def test_health_without_the_key_says_only_the_status_and_probes_are_cached(
     def probe_count():
         return sum(1 for path, _ in list(ollama_fake.requests) if path == "/api/version")
 
-    before = probe_count()
+    before, started = probe_count(), time.monotonic()
     flood = [threading.Thread(target=lambda: [requests.get(br.url + "/health", timeout=10)
                                               for _ in range(10)]) for _ in range(20)]
     for t in flood:
         t.start()
     for t in flood:
         t.join(60)
-    # 200 calls in about a second: Ollama is asked at most once per 5 s, not 200 times.
-    assert probe_count() - before <= 1
+    # 200 calls (about a second here): Ollama is asked at most once per 5 s, not 200 times.
+    assert probe_count() - before <= 1 + (time.monotonic() - started) // 5
 
 
 # ----------------------------------------------------------------------------------------
