@@ -161,7 +161,7 @@ def usage(args):
                       model, provider, None, i % 2, "ok" if i % 17 else "error",
                       200 if i % 17 else 502, None, p, c, p + c, p // 3, 0.0001 * c,
                       rnd.randint(50, 20000), 40, 0 if i % 17 else 1))
-        if len(batch) == 50_000:
+        if len(batch) == 50_000 or i == args.rows - 1:
             db.executemany("INSERT INTO requests (ts, request_id, model, provider, session_id,"
                            " stream, outcome, status, error, prompt_tokens, completion_tokens,"
                            " total_tokens, cached_tokens, cost_usd, duration_ms, ttft_ms,"
