@@ -822,17 +822,21 @@ class UsageStore:
     def put_claude_session(self, client_id, claude_uuid, workdir, total_cost_usd):
         """Remember (or move) a client session after a successful turn, forgetting the
         sessions past CLAUDE_SESSION_DAYS and the least recent past CLAUDE_SESSIONS."""
-        self._write((("INSERT INTO claude_sessions (client_id, claude_uuid, workdir,"
-                      " total_cost_usd, updated_at) VALUES (?,?,?,?,?)"
-                      " ON CONFLICT(client_id) DO UPDATE SET claude_uuid=excluded.claude_uuid,"
-                      " workdir=excluded.workdir, total_cost_usd=excluded.total_cost_usd,"
-                      " updated_at=excluded.updated_at",
-                      (client_id, claude_uuid, workdir, total_cost_usd, _utc_now_text())),
-                     ("DELETE FROM claude_sessions WHERE updated_at < ?",
-                      (self._session_cutoff(),)),
-                     ("DELETE FROM claude_sessions WHERE client_id IN (SELECT client_id FROM"
-                      " claude_sessions ORDER BY updated_at DESC LIMIT -1 OFFSET ?)",
-                      (self.max_sessions,))))
+        known = self._read("SELECT 1 FROM claude_sessions WHERE client_id = ?", (client_id,))
+        statements = [("INSERT INTO claude_sessions (client_id, claude_uuid, workdir,"
+                       " total_cost_usd, updated_at) VALUES (?,?,?,?,?)"
+                       " ON CONFLICT(client_id) DO UPDATE SET claude_uuid=excluded.claude_uuid,"
+                       " workdir=excluded.workdir, total_cost_usd=excluded.total_cost_usd,"
+                       " updated_at=excluded.updated_at",
+                       (client_id, claude_uuid, workdir, total_cost_usd, _utc_now_text())),
+                      ("DELETE FROM claude_sessions WHERE updated_at < ?",
+                       (self._session_cutoff(),))]
+        if not known:  # only a new session can take the table past CLAUDE_SESSIONS (the
+            # count walks the whole index, so a session's later turns skip it)
+            statements.append(("DELETE FROM claude_sessions WHERE client_id IN (SELECT"
+                               " client_id FROM claude_sessions ORDER BY updated_at DESC"
+                               " LIMIT -1 OFFSET ?)", (self.max_sessions,)))
+        self._write(statements)
 
     def claude_session_count(self):
         """Client sessions remembered."""
