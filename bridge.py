@@ -9,6 +9,7 @@ cost and outcome kept in SQLite. Run it with `python bridge.py`; `--help` lists 
 import argparse
 import base64
 import collections
+import dataclasses
 import datetime
 import functools
 import hmac
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+import typing
 import uuid
 
 import bottle
@@ -517,7 +519,15 @@ MIGRATIONS = (_migrate_requests, _migrate_claude_sessions, _migrate_hourly_rollu
 
 # Where sums come from, coarsest first: (table, key column, characters of `ts` in the key).
 # A time window is cut into whole days, then whole hours, then raw rows at its two edges.
-_LEVELS = (("usage_daily", "day", 10), ("usage_hourly", "hour", 13), ("requests", "ts", None))
+class Level(typing.NamedTuple):
+    """Where sums over a time window come from: a rollup, or the raw rows."""
+    table: str
+    column: str  # its time column
+    width: int  # characters of a timestamp that name one bucket; None for raw rows
+
+
+_LEVELS = (Level("usage_daily", "day", 10), Level("usage_hourly", "hour", 13),
+           Level("requests", "ts", None))
 
 _TS_FORMAT = "%Y-%m-%d %H:%M:%S"  # the `ts` column: UTC, as SQLite's CURRENT_TIMESTAMP
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])\Z")
@@ -579,7 +589,7 @@ def _split_window(since, until, levels=_LEVELS):
     if since is not None and until is not None and since >= until:
         return []
     level, finer = levels[0], levels[1:]
-    width = level[2]
+    width = level.width
     if width is None:  # raw rows: whatever is left
         return [(level, since, until)]
     low = None if since is None else _ceil_ts(since, width)
@@ -592,6 +602,13 @@ def _split_window(since, until, levels=_LEVELS):
     if until is not None and high < until:
         parts += _split_window(high, until, finer)
     return parts
+
+
+class ClaudeSession(typing.NamedTuple):
+    """The Claude CLI session behind a client's session id."""
+    claude_uuid: str
+    workdir: str
+    total_cost_usd: float  # the CLI's cumulative figure
 
 
 class UsageStore:
@@ -778,7 +795,7 @@ class UsageStore:
         """Sums per minute, hour or day (only buckets with requests), oldest first."""
         width, suffix = self.BUCKETS[bucket]
         # Only sums at least as fine as the bucket can fill it.
-        levels = tuple(level for level in _LEVELS if level[2] is None or level[2] >= width)
+        levels = tuple(level for level in _LEVELS if level.width is None or level.width >= width)
         groups = self._sums(lambda key: f"substr({key}, 1, {width})", since, until,
                             provider, model, levels)
         out = []
@@ -813,11 +830,11 @@ class UsageStore:
         return _ts_text(time.time() - self.session_seconds)
 
     def get_claude_session(self, client_id):
-        """(claude_uuid, workdir, total_cost_usd) for a client session id, or None."""
+        """The ClaudeSession of a client session id, or None."""
         rows = self._read("SELECT claude_uuid, workdir, total_cost_usd FROM claude_sessions"
                           " WHERE client_id = ? AND updated_at >= ?",
                           (client_id, self._session_cutoff()))
-        return rows[0] if rows else None
+        return ClaudeSession(*rows[0]) if rows else None
 
     def put_claude_session(self, client_id, claude_uuid, workdir, total_cost_usd):
         """Remember (or move) a client session after a successful turn, forgetting the
@@ -852,8 +869,172 @@ class UsageStore:
 
 
 # ----------------------------------------------------------------------------------------
+# Conversation model
+# ----------------------------------------------------------------------------------------
+# Every API dialect translates its requests into these records and renders these events
+# back; every backend takes the records and yields the events. A message keeps its parts
+# in the order the client sent them.
+
+@dataclasses.dataclass(frozen=True)
+class Text:
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Image:
+    url: str  # data:image/...;base64,... or http(s)://...
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolCall:
+    id: str
+    name: str  # as the client named the function
+    arguments: str  # a JSON object, as text
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolResult:
+    call_id: str
+    text: str
+
+
+_SYSTEM_ROLES = ("system", "developer")
+
+
+@dataclasses.dataclass(frozen=True)
+class Message:
+    role: str  # system, developer, user, assistant or tool
+    parts: tuple = ()  # Text, Image, ToolCall and ToolResult, in order
+
+    @property
+    def text(self):
+        return "\n".join(p.text for p in self.parts if isinstance(p, (Text, ToolResult)))
+
+    @property
+    def images(self):
+        return [p.url for p in self.parts if isinstance(p, Image)]
+
+    @property
+    def tool_calls(self):
+        return [p for p in self.parts if isinstance(p, ToolCall)]
+
+    @property
+    def tool_call_id(self):
+        """The call a tool message answers."""
+        return next((p.call_id for p in self.parts if isinstance(p, ToolResult)), None)
+
+    @property
+    def is_system(self):
+        return self.role in _SYSTEM_ROLES
+
+    @property
+    def size(self):
+        """Bytes it takes to keep, roughly."""
+        return 16 + sum(len(p.text.encode("utf-8")) if isinstance(p, (Text, ToolResult)) else
+                        len(p.url) if isinstance(p, Image) else len(p.name) + len(p.arguments)
+                        for p in self.parts)
+
+
+def _new_request_id():
+    return "chatcmpl-" + secrets.token_hex(12)
+
+
+@dataclasses.dataclass
+class ChatRequest:
+    """One validated request, whatever API it came in by."""
+    model: str
+    messages: list  # of Message, the whole history the client sent
+    stream: bool = False
+    include_usage: bool = False  # a stream's last chunk carries the usage
+    session_id: str = None  # X-Session-ID; its keyed tag once the request is accepted
+    params: dict = dataclasses.field(default_factory=dict)  # generation parameters given
+    request_id: str = dataclasses.field(default_factory=_new_request_id)
+    created: int = dataclasses.field(default_factory=lambda: int(time.time()))
+    client_gone: object = _never  # () -> True once the client hung up
+
+    def system(self):
+        """The system and developer messages."""
+        return [m for m in self.messages if m.is_system]
+
+    def system_text(self):
+        """The system messages joined, for the CLI's system prompt."""
+        return "\n\n".join(m.text for m in self.messages if m.is_system and m.text)
+
+    def turns(self):
+        """The conversation without its system messages."""
+        return [m for m in self.messages if not m.is_system]
+
+    def new_turns(self):
+        """The messages after the last assistant reply: what a kept session has not seen."""
+        turns = self.turns()
+        last = max((i for i, m in enumerate(turns) if m.role == "assistant"), default=-1)
+        return turns[last + 1:] or turns[-1:]
+
+
+# A run's events, from backend to dialect.
+class Progress(typing.NamedTuple):
+    """The backend is alive (resets the idle clock); nothing to send."""
+
+
+class TextDelta(typing.NamedTuple):
+    text: str
+
+
+class ReasoningDelta(typing.NamedTuple):
+    text: str
+
+
+class ToolCallStart(typing.NamedTuple):
+    index: int  # the call's place in this turn, from 0
+    id: str
+    name: str
+    arguments: str = ""  # their first piece (all of them, from a backend that has them)
+
+
+class ToolCallDelta(typing.NamedTuple):
+    index: int
+    arguments: str  # the next piece of the JSON text
+
+
+class Usage(typing.NamedTuple):
+    """Token counts so far (a turn cut short is charged these)."""
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+
+
+class Retract(typing.NamedTuple):
+    """Text sent earlier that the backend voided (the tail so far); a retry follows."""
+    text: str
+
+
+class Final(typing.NamedTuple):
+    """The turn ended well."""
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    cost_usd: float
+
+
+class Failed(typing.NamedTuple):
+    error: Exception  # a BridgeError
+
+
+PROGRESS = Progress()
+
+
+# ----------------------------------------------------------------------------------------
 # Sessions
 # ----------------------------------------------------------------------------------------
+
+class _KeyedLock:
+    __slots__ = ("lock", "users")
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.users = 0  # holding or waiting
+
 
 class KeyedLocks:
     """One lock per key (a session id), dropped when nobody holds or waits for it."""
@@ -877,9 +1058,11 @@ class KeyedLocks:
     def acquire(self, key, timeout):
         """Take the key's lock; False if it stayed busy for `timeout` seconds."""
         with self._lock:
-            entry = self._locks.setdefault(key, [threading.Lock(), 0])
-            entry[1] += 1
-        if entry[0].acquire(timeout=timeout):
+            entry = self._locks.get(key)
+            if entry is None:
+                entry = self._locks[key] = _KeyedLock()
+            entry.users += 1
+        if entry.lock.acquire(timeout=timeout):
             return True
         self._drop(key, entry)
         return False
@@ -888,13 +1071,13 @@ class KeyedLocks:
         """Give the key's lock back."""
         with self._lock:
             entry = self._locks[key]
-        entry[0].release()
+        entry.lock.release()
         self._drop(key, entry)
 
     def _drop(self, key, entry):
         with self._lock:
-            entry[1] -= 1
-            if entry[1] == 0:
+            entry.users -= 1
+            if entry.users == 0:
                 del self._locks[key]
 
     def __len__(self):
@@ -962,6 +1145,13 @@ class WaitLine:
                 self.count -= 1
 
 
+@dataclasses.dataclass
+class _History:
+    used: float  # time.monotonic() of the last turn
+    system: list = dataclasses.field(default_factory=list)
+    messages: list = dataclasses.field(default_factory=list)
+
+
 class ChatHistories:
     """Conversations kept in memory per session id, for backends with no store of their
     own (Ollama). Bounded in sessions (least recently used dropped), idle time, and
@@ -974,7 +1164,7 @@ class ChatHistories:
         self.max_bytes = max_bytes
         self.locks = KeyedLocks()  # one turn of a session at a time
         self._lock = threading.Lock()  # guards _items only; never held during I/O
-        self._items = collections.OrderedDict()  # id -> [last_used, system, messages]
+        self._items = collections.OrderedDict()  # id -> _History
 
     def get(self, session_id):
         """(system messages, earlier messages) of a session; empty if unknown or expired."""
@@ -984,9 +1174,9 @@ class ChatHistories:
             item = self._items.get(session_id)
             if item is None:
                 return [], []
-            item[0] = now
+            item.used = now
             self._items.move_to_end(session_id)
-            return list(item[1]), list(item[2])
+            return list(item.system), list(item.messages)
 
     def append(self, session_id, system, messages):
         """Add a finished turn; `system` replaces the kept system messages when given."""
@@ -994,29 +1184,29 @@ class ChatHistories:
         with self._lock:
             item = self._items.get(session_id)
             if item is None:
-                item = self._items[session_id] = [now, [], []]
-            item[0] = now
+                item = self._items[session_id] = _History(now)
+            item.used = now
             if system:
-                item[1] = list(system)
-            item[2].extend(messages)
+                item.system = list(system)
+            item.messages.extend(messages)
             self._trim(item)
             self._items.move_to_end(session_id)
             while len(self._items) > self.max_sessions:
                 self._items.popitem(last=False)
 
     def _trim(self, item):
-        kept = item[2]
-        size = sum(_message_bytes(m) for m in item[1] + kept)
+        kept = item.messages
+        size = sum(m.size for m in item.system + kept)
         while kept and (len(kept) > self.max_messages or size > self.max_bytes):
-            size -= _message_bytes(kept.pop(0))
+            size -= kept.pop(0).size
             # Drop whole turns: never keep a reply or tool result without its question.
-            while kept and kept[0]["role"] != "user":
-                size -= _message_bytes(kept.pop(0))
+            while kept and kept[0].role != "user":
+                size -= kept.pop(0).size
 
     def _expire(self, now):
         while self._items:
             session_id, item = next(iter(self._items.items()))
-            if now - item[0] <= self.ttl:
+            if now - item.used <= self.ttl:
                 break
             del self._items[session_id]
 
@@ -1026,27 +1216,12 @@ class ChatHistories:
             return len(self._items)
 
 
-def _message_bytes(message):
-    return (len(message["content"].encode("utf-8")) + sum(len(i) for i in message["images"])
-            + sum(len(c["arguments"]) + len(c["name"]) for c in message["tool_calls"]) + 16)
-
-
 # ----------------------------------------------------------------------------------------
 # Backends
 # ----------------------------------------------------------------------------------------
 # A backend's open(chat) returns a Run: a producer thread turns the backend's output into
-# events on a queue, so the HTTP side can wait with a timeout (heartbeats, disconnects,
-# idle limits) whatever the backend is. Events are tuples:
-#   ("progress",)            the backend is alive (resets the idle clock)
-#   ("text", str)            assistant text
-#   ("tool_calls", [dict])   OpenAI tool call objects (id, type, function)
-#   ("retract", str)         text sent earlier that the backend voided (the tail so far)
-#   ("done", Final)          the turn ended well
-#   ("error", BridgeError)   the turn failed
-
-Final = collections.namedtuple(
-    "Final", "finish_reason prompt_tokens completion_tokens cached_tokens cost_usd")
-
+# the conversation model's events on a queue, so the HTTP side can wait with a timeout
+# (heartbeats, disconnects, idle limits) whatever the backend is.
 
 class Backend:
     """What the bridge needs of a backend. The bridge keeps a list of them: a request goes
@@ -1137,10 +1312,10 @@ class Run:
         self._workers = workers
         self._events = queue.SimpleQueue()
         self._cancelled = threading.Event()
-        self._done = False  # the producer delivered "done": let it finish in peace
+        self._done = False  # the producer delivered Final: let it finish in peace
         self._finished = None  # set when the producer has returned
         self._inline = None  # the events, when produced in the caller's thread
-        self.usage = {}  # latest token counts known, for cancelled turns
+        self.usage = None  # the latest Usage event, for turns cut short
 
     def start(self):
         """Start the producer on a worker thread (or inline)."""
@@ -1152,19 +1327,21 @@ class Run:
         return self
 
     def _safe_events(self):
-        """produce()'s events, its exceptions as ("error", ...) events, then _END."""
+        """produce()'s events, its exceptions as Failed events, then _END."""
         try:
-            # Iterate to the end even after "done": the producer reaps its process there.
+            # Iterate to the end even after Final: the producer reaps its process there.
             for event in self.produce():
-                if event[0] == "done":
+                if isinstance(event, Final):
                     self._done = True
+                elif isinstance(event, Usage):
+                    self.usage = event
                 yield event
         except BridgeError as exc:
-            yield ("error", exc)
+            yield Failed(exc)
         except Exception:  # a bug must still end the request cleanly
             _LOG.exception("backend crashed")  # the traceback is for the log only
-            yield ("error", BackendFailed("The backend failed inside the bridge (a bug); the "
-                                          "bridge's log has the details."))
+            yield Failed(BackendFailed("The backend failed inside the bridge (a bug); the "
+                                       "bridge's log has the details."))
         yield _END
 
     def _pump(self):
@@ -1520,6 +1697,15 @@ class ClaudeBackend(Backend):
 _WARM_MAX_AGE_SECONDS = 600
 
 
+class Cli(typing.NamedTuple):
+    """A started CLI waiting for its next message, and what it holds."""
+    proc: subprocess.Popen
+    stderr: object  # its _StderrTail
+    since: float  # time.monotonic() when it started, or last answered
+    claude_uuid: str = None  # the session it continues (a kept session CLI)
+    key: tuple = None  # the (model, system prompt) it was started with
+
+
 class LiveSessions:
     """Session CLIs left running between turns (stdin open, waiting for the next message),
     so a session's next turn is one more line instead of a `--resume` start. Each holds a
@@ -1530,7 +1716,7 @@ class LiveSessions:
         self.backend = backend
         self.keepalive = keepalive
         self.lock = threading.Lock()
-        self.items = collections.OrderedDict()  # client id -> (proc, tail, used, uuid, key)
+        self.items = collections.OrderedDict()  # client id -> Cli
         self.reaper = None
         self.closed = threading.Event()
 
@@ -1540,15 +1726,14 @@ class LiveSessions:
             entry = self.items.pop(client_id, None)
         if entry is None:
             return None
-        proc, tail, _, running_uuid, running_key = entry
-        if running_uuid == claude_uuid and running_key == key and proc.poll() is None:
-            return proc, tail
+        if entry.claude_uuid == claude_uuid and entry.key == key and entry.proc.poll() is None:
+            return entry
         self._discard(entry)  # other flags now, or gone: the turn resumes instead
         return None
 
     def park(self, client_id, proc, tail, claude_uuid, key):
         """Keep a CLI that just answered a turn well, for the session's next turn."""
-        entry = (proc, tail, time.monotonic(), claude_uuid, key)
+        entry = Cli(proc, tail, time.monotonic(), claude_uuid, key)
         with self.lock:
             if self.closed.is_set():
                 old = entry
@@ -1567,7 +1752,7 @@ class LiveSessions:
         while not self.closed.wait(tick):
             now = time.monotonic()
             with self.lock:
-                expired = [k for k, e in self.items.items() if now - e[2] > self.keepalive]
+                expired = [k for k, e in self.items.items() if now - e.since > self.keepalive]
                 entries = [self.items.pop(k) for k in expired]
             for entry in entries:
                 self._discard(entry)
@@ -1582,7 +1767,7 @@ class LiveSessions:
         return True
 
     def _discard(self, entry):
-        proc = entry[0]
+        proc = entry.proc
         try:
             proc.stdin.close()  # EOF: the CLI finishes its session file and exits
             proc.wait(timeout=_KILL_GRACE_SECONDS)
@@ -1618,7 +1803,7 @@ class WarmPool:
         self.size = size
         self.max_keys = max_keys
         self.lock = threading.Lock()
-        self.idle = collections.OrderedDict()  # key -> [(proc, stderr tail, started)]
+        self.idle = collections.OrderedDict()  # key -> [Cli]
         self.starting = collections.Counter()  # key -> CLIs being started for it
         self.closed = False
 
@@ -1633,9 +1818,9 @@ class WarmPool:
                     return None
                 entry = entries.pop(0)
                 self.idle.move_to_end(key)
-            proc, tail, started = entry
-            if proc.poll() is None and time.monotonic() - started < _WARM_MAX_AGE_SECONDS:
-                return proc, tail
+            if entry.proc.poll() is None and \
+                    time.monotonic() - entry.since < _WARM_MAX_AGE_SECONDS:
+                return entry
             self._discard(entry)  # died or too old: never hand it out
 
     def want(self, key):
@@ -1661,7 +1846,7 @@ class WarmPool:
                 with self.lock:
                     self.starting[key] -= 1
                 return
-            entry = (proc, _StderrTail(proc.stderr), time.monotonic())
+            entry = Cli(proc, _StderrTail(proc.stderr), time.monotonic())
             dropped = []
             with self.lock:
                 self.starting[key] -= 1
@@ -1690,8 +1875,7 @@ class WarmPool:
         return True
 
     def _discard(self, entry):
-        proc = entry[0]
-        self.backend.reap(proc)
+        self.backend.reap(entry.proc)
         self.backend.slots.release()
 
     def count(self):
@@ -1775,6 +1959,32 @@ def _claude_image(url, param):
                          param=param)
 
 
+def _render(msg):
+    text = msg.text
+    if msg.tool_calls:
+        calls = "; ".join(f"{c.name}({c.arguments})" for c in msg.tool_calls)
+        text = (text + "\n" if text else "") + f"(called tools: {calls})"
+    return text
+
+
+def flatten_prompt(turns):
+    """A conversation as one prompt: earlier turns with role markers, the last one last."""
+    if len(turns) <= 1:
+        return "".join(_render(m) for m in turns)
+    last = turns[-1]
+    lines = ["Earlier turns of this conversation, oldest first:", ""]
+    for m in turns[:-1]:
+        lines += [f"[{m.role}]", _render(m), ""]
+    lines += [f"[end of earlier turns; the {last.role}'s new message follows]", "",
+              _render(last)]
+    return "\n".join(lines)
+
+
+def new_turn_prompt(turns):
+    """The new messages of a kept session's turn."""
+    return "\n\n".join(_render(m) for m in turns)
+
+
 class ClaudeRun(Run):
     """One request through the CLI, with the session's resume / heal logic."""
 
@@ -1793,7 +2003,7 @@ class ClaudeRun(Run):
         self.cost_usd = 0.0
         binary = backend.binary()  # 503 at once when missing
         self.images = [_claude_image(url, f"messages[{i}].content")
-                       for i, m in enumerate(chat.messages) for url in m["images"]]
+                       for i, m in enumerate(chat.messages) for url in m.images]
         self.held = None  # a running CLI this request uses: warm, or kept from a session
         # Turns of one session run one at a time: concurrent resumes lose a turn.
         if chat.session_id is not None:
@@ -1807,10 +2017,11 @@ class ClaudeRun(Run):
             self.held = backend.pool.take(self.warm_key)
         else:
             known = backend.store.get_claude_session(chat.session_id)
-            if known is not None and known[1] == backend.workdir:
+            if known is not None and known.workdir == backend.workdir:
                 self.known = known
                 # ... a session's turn, its CLI still running from the turn before.
-                self.held = backend.live.take(chat.session_id, known[0], self.warm_key)
+                self.held = backend.live.take(chat.session_id, known.claude_uuid,
+                                              self.warm_key)
         try:
             if self.held is None and not backend.acquire_slot(settings.claude_queue_timeout,
                                                               chat.client_gone):
@@ -1849,7 +2060,7 @@ class ClaudeRun(Run):
         if proc is not None:
             self.backend.reap(proc)
         if self.held is not None:  # taken but never used (cancelled before it ran)
-            self.backend.reap(self.held[0])
+            self.backend.reap(self.held.proc)
             self.held = None
             # (its slot is this run's, released below)
         self._release()
@@ -1864,32 +2075,30 @@ class ClaudeRun(Run):
         model = chat.model
         if chat.session_id is None:
             stateless = (model, system, ["--no-session-persistence"],
-                         flatten_prompt(chat.messages))
+                         flatten_prompt(chat.turns()))
             if (yield from self._attempt(*stateless)) == "dead":
                 yield from self._attempt(*stateless)  # the warm CLI had died: a cold one
             return
         known = self.known
         if known is not None and self.held is not None:
-            claude_uuid, _, previous_cost = known
             outcome = yield from self._attempt(
-                model, system, [], new_turn_prompt(chat.messages),
-                session=(claude_uuid, previous_cost))
+                model, system, [], new_turn_prompt(chat.new_turns()), session=known)
             if outcome != "dead":
                 return  # else the kept CLI had died: resume the session instead
         if known is not None:
-            claude_uuid, _, previous_cost = known
             outcome = yield from self._attempt(
-                model, system, ["--resume", claude_uuid], new_turn_prompt(chat.messages),
-                session=(claude_uuid, previous_cost), heal=True)
+                model, system, ["--resume", known.claude_uuid],
+                new_turn_prompt(chat.new_turns()), session=known, heal=True)
             if outcome != "heal":
                 return
             _LOG.info("session %s: Claude session %s is gone; starting a new one from the "
-                      "history the client sent", chat.session_id, claude_uuid)
+                      "history the client sent", chat.session_id, known.claude_uuid)
         # A fresh UUID each time: a failed first turn still leaves its session file, so
         # reusing its UUID would fail with "already in use".
         claude_uuid = str(uuid.uuid4())
         yield from self._attempt(model, system, ["--session-id", claude_uuid],
-                                 flatten_prompt(chat.messages), session=(claude_uuid, 0.0))
+                                 flatten_prompt(chat.turns()),
+                                 session=ClaudeSession(claude_uuid, self.backend.workdir, 0.0))
 
     def _attempt(self, model, system, session_flags, prompt, session=None, heal=False):
         """Run one turn on a CLI: the one held for this request (warm or kept from the
@@ -1901,7 +2110,7 @@ class ClaudeRun(Run):
         keep = session is not None and backend.live.keepalive > 0
         was_held = self.held is not None
         if was_held:
-            (proc, stderr), self.held = self.held, None
+            proc, stderr, self.held = self.held.proc, self.held.stderr, None
         elif self.chat.client_gone():
             self._cancelled.set()  # nobody to answer: never start a CLI for it
             return None
@@ -1913,11 +2122,7 @@ class ClaudeRun(Run):
         self._send(proc, prompt, keep)
         parser = _ClaudeEvents()
         for raw in proc.stdout:
-            for event in parser.feed(raw):
-                if event[0] == "usage":
-                    self.usage = event[1]
-                    continue
-                yield event
+            yield from parser.feed(raw)
             if parser.result is not None:
                 break
         result = parser.result
@@ -1931,27 +2136,27 @@ class ClaudeRun(Run):
                 return "dead"
             if heal and not parser.sent_text and _NO_CONVERSATION in message:
                 return "heal"
-            yield ("error", BackendFailed(message))
+            yield Failed(BackendFailed(message))
             return None
         prompt_tokens, completion_tokens, cached = _claude_usage(result.get("usage"))
         total_cost = float(result.get("total_cost_usd") or 0.0)
         cost = total_cost
         if session is not None:
-            claude_uuid, previous_cost = session
             # total_cost_usd is cumulative over a resumed session.
-            cost = max(0.0, total_cost - previous_cost)
-            self.backend.store.put_claude_session(self.chat.session_id, claude_uuid,
+            cost = max(0.0, total_cost - session.total_cost_usd)
+            self.backend.store.put_claude_session(self.chat.session_id, session.claude_uuid,
                                                   self.backend.workdir, total_cost)
         self.cost_usd = cost
         stop = result.get("stop_reason")
-        yield ("done", Final("length" if stop == "max_tokens" else "stop",
-                             prompt_tokens, completion_tokens, cached, cost))
+        yield Final("length" if stop == "max_tokens" else "stop",
+                    prompt_tokens, completion_tokens, cached, cost)
         if keep and not self._cancelled.is_set():
             # Keep it for the session's next turn; its slot goes with it.
             with self.proc_lock:
                 self.proc = None
             self.slot_held = False
-            backend.live.park(self.chat.session_id, proc, stderr, session[0], self.warm_key)
+            backend.live.park(self.chat.session_id, proc, stderr, session.claude_uuid,
+                              self.warm_key)
             return None
         # The reply is on its way; now let the CLI exit (or end it) and reap it.
         for _ in proc.stdout:
@@ -2024,10 +2229,10 @@ class _ClaudeEvents:
             text = raw.decode("utf-8", "replace").strip()
             if text:
                 self.garbage = text[:300]
-            return [("progress",)]
+            return [PROGRESS]
         if not isinstance(obj, dict):
             self.garbage = raw.decode("utf-8", "replace").strip()[:300]
-            return [("progress",)]
+            return [PROGRESS]
         kind = obj.get("type")
         if kind == "stream_event":
             return self._stream_event(obj)
@@ -2036,12 +2241,12 @@ class _ClaudeEvents:
         if kind == "result":
             self.result = obj
             return []
-        return [("progress",)]
+        return [PROGRESS]
 
     def _text(self, key, text):
         self.streamed[key] = self.streamed.get(key, "") + text
         self.sent_text = True
-        return ("text", text)
+        return TextDelta(text)
 
     def _stream_event(self, obj):
         event = obj.get("event") or {}
@@ -2055,12 +2260,12 @@ class _ClaudeEvents:
             usage = (event.get("message") or {}).get("usage")
             if usage:
                 self.usage = dict(usage)
-                return [("usage", self._usage_counts())]
+                return [Usage(*_claude_usage(self.usage))]
         elif etype == "message_delta":
             usage = event.get("usage") or {}
             if "output_tokens" in usage:
                 self.usage["output_tokens"] = usage["output_tokens"]
-                return [("usage", self._usage_counts())]
+                return [Usage(*_claude_usage(self.usage))]
         elif etype == "message_stop" and obj.get("abandoned_blocks"):
             # The CLI voids what it streamed for these blocks and asks again.
             abandoned = obj["abandoned_blocks"]
@@ -2071,13 +2276,8 @@ class _ClaudeEvents:
             for k in keys:  # never filled again from the assistant line either
                 self.streamed[k] = ""
             if void:
-                return [("retract", void)]
-        return [("progress",)]
-
-    def _usage_counts(self):
-        prompt, completion, cached = _claude_usage(self.usage)
-        return {"prompt_tokens": prompt, "completion_tokens": completion,
-                "cached_tokens": cached}
+                return [Retract(void)]
+        return [PROGRESS]
 
     def _assistant(self, obj):
         message = obj.get("message") or {}
@@ -2085,7 +2285,7 @@ class _ClaudeEvents:
             texts = [b.get("text", "") for b in message.get("content") or []
                      if isinstance(b, dict) and b.get("type") == "text"]
             self.api_error = " ".join(t for t in texts if t) or str(obj.get("error"))
-            return [("progress",)]
+            return [PROGRESS]
         message_id = message.get("id")
         index = self.assistant_blocks[message_id]
         self.assistant_blocks[message_id] += 1
@@ -2096,7 +2296,7 @@ class _ClaudeEvents:
             if (isinstance(block, dict) and block.get("type") == "text" and block.get("text")
                     and (message_id, index) not in self.streamed):
                 events.append(self._text((message_id, index), block["text"]))
-        return events or [("progress",)]
+        return events or [PROGRESS]
 
     def error_message(self, stderr_text, code):
         """The CLI's own words for a failed run."""
@@ -2159,26 +2359,26 @@ def ollama_request(chat, messages):
     out = []
     names = {}  # tool_call_id -> function name, for role "tool" results
     for i, m in enumerate(messages):
-        role = "system" if m["role"] in ("system", "developer") else m["role"]
-        item = {"role": role, "content": m["content"]}
-        if m["images"]:
-            item["images"] = [_ollama_image(u, f"messages[{i}].content") for u in m["images"]]
-        if m["tool_calls"]:
+        role = "system" if m.is_system else m.role
+        item = {"role": role, "content": m.text}
+        if m.images:
+            item["images"] = [_ollama_image(u, f"messages[{i}].content") for u in m.images]
+        if m.tool_calls:
             calls = []
-            for j, call in enumerate(m["tool_calls"]):
+            for j, call in enumerate(m.tool_calls):
                 try:
-                    args = json.loads(call["arguments"] or "{}")
+                    args = json.loads(call.arguments or "{}")
                 except ValueError:
                     args = None
                 if not isinstance(args, dict):
                     raise InvalidRequest("Tool call arguments must be a JSON object string.",
                                          param=f"messages[{i}].tool_calls[{j}].function."
                                                "arguments")
-                names[call["id"]] = call["name"]
-                calls.append({"function": {"name": call["name"], "arguments": args}})
+                names[call.id] = call.name
+                calls.append({"function": {"name": call.name, "arguments": args}})
             item["tool_calls"] = calls
-        if role == "tool" and m["tool_call_id"] in names:
-            item["tool_name"] = names[m["tool_call_id"]]
+        if role == "tool" and m.tool_call_id in names:
+            item["tool_name"] = names[m.tool_call_id]
         out.append(item)
     params = chat.params
     options = {}
@@ -2202,16 +2402,12 @@ def ollama_request(chat, messages):
     return body
 
 
-def _openai_tool_calls(calls):
-    out = []
-    for call in calls or []:
-        fn = call.get("function") or {}
-        args = fn.get("arguments")
-        out.append({"id": "call_" + secrets.token_hex(12), "type": "function",
-                    "function": {"name": str(fn.get("name", "")),
-                                 "arguments": args if isinstance(args, str)
-                                 else _dumps(args if args is not None else {})}})
-    return out
+def _ollama_tool_call(call):
+    """One of Ollama's tool calls as a ToolCall (Ollama gives no ids: one is made)."""
+    fn = call.get("function") or {} if isinstance(call, dict) else {}
+    args = fn.get("arguments")
+    return ToolCall("call_" + secrets.token_hex(12), str(fn.get("name", "")),
+                    args if isinstance(args, str) else _dumps(args if args is not None else {}))
 
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
@@ -2352,15 +2548,14 @@ class OllamaRun(Run):
             self.session_held = True
             system, earlier = histories.get(chat.session_id)
         try:
-            own_system = [m for m in chat.messages if m["role"] in ("system", "developer")]
+            own_system = chat.system()
             if chat.session_id is not None and \
-                    sum(_message_bytes(m) for m in own_system) > histories.max_bytes:
+                    sum(m.size for m in own_system) > histories.max_bytes:
                 raise InvalidRequest(
                     f"The system messages are over the {histories.max_bytes // 1024} KiB a "
                     "session keeps (OLLAMA_SESSION_MAX_KB); send them without X-Session-ID, "
                     "or shorter.", param="messages", code="session_too_large")
-            self.new_messages = [m for m in chat.messages
-                                 if m["role"] not in ("system", "developer")]
+            self.new_messages = chat.turns()
             self.system = own_system
             self.body = ollama_request(chat, (own_system or system) + earlier
                                        + self.new_messages)
@@ -2410,7 +2605,7 @@ class OllamaRun(Run):
         try:
             if response.status_code != 200:
                 raise self._status_error(response)
-            yield ("progress",)
+            yield PROGRESS
             if self.chat.stream:
                 lines = response.iter_lines()
             else:
@@ -2457,29 +2652,24 @@ class OllamaRun(Run):
             if obj.get("error"):
                 raise BackendFailed(f"Ollama: {obj['error']}")
             message = obj.get("message") or {}
+            if message.get("thinking"):
+                yield ReasoningDelta(message["thinking"])
             if message.get("content"):
                 texts.append(message["content"])
-                yield ("text", message["content"])
-            if message.get("tool_calls"):
-                new = _openai_tool_calls(message["tool_calls"])
-                calls.extend(new)
-                yield ("tool_calls", new)
-            self.usage = {"prompt_tokens": int(obj.get("prompt_eval_count") or 0),
-                          "completion_tokens": int(obj.get("eval_count") or 0),
-                          "cached_tokens": 0}
+                yield TextDelta(message["content"])
+            for raw_call in message.get("tool_calls") or ():
+                call = _ollama_tool_call(raw_call)
+                yield ToolCallStart(len(calls), call.id, call.name, call.arguments)
+                calls.append(call)
             if obj.get("done"):
                 reason = "tool_calls" if calls else (
                     "length" if obj.get("done_reason") == "length" else "stop")
                 if self.chat.session_id is not None:
-                    reply = {"role": "assistant", "content": "".join(texts), "images": [],
-                             "tool_calls": [{"id": c["id"], "name": c["function"]["name"],
-                                             "arguments": c["function"]["arguments"]}
-                                            for c in calls],
-                             "tool_call_id": None}
+                    reply = Message("assistant", (Text("".join(texts)), *calls))
                     self.backend.histories.append(self.chat.session_id, self.system,
                                                   self.new_messages + [reply])
-                yield ("done", Final(reason, self.usage["prompt_tokens"],
-                                     self.usage["completion_tokens"], 0, 0.0))
+                yield Final(reason, int(obj.get("prompt_eval_count") or 0),
+                            int(obj.get("eval_count") or 0), 0, 0.0)
                 return
         raise BackendFailed("Ollama ended its reply without finishing it (no done).")
 
@@ -2490,18 +2680,6 @@ class OllamaRun(Run):
 
 _ROLES = ("system", "developer", "user", "assistant", "tool")
 _SESSION_ID_MAX = 128
-
-
-class ChatRequest:
-    """A validated chat completion request, normalized for the backends."""
-
-    __slots__ = ("model", "messages", "stream", "include_usage", "session_id", "params",
-                 "request_id", "created", "client_gone")
-
-    def system_text(self):
-        """All system/developer messages joined, for the CLI's system prompt flag."""
-        return "\n\n".join(m["content"] for m in self.messages
-                           if m["role"] in ("system", "developer") and m["content"])
 
 
 def _type_name(value):
@@ -2541,25 +2719,25 @@ def _number(body, name, low, high, integer=False):
     return value
 
 
-def _message_content(msg, i):
-    """A message's content as (text, images)."""
+def _content_parts(msg, i):
+    """A message's content as Text and Image parts, in order."""
     content = msg.get("content")
     param = f"messages[{i}].content"
     if content is None:
         if msg["role"] == "assistant" and msg.get("tool_calls"):
-            return "", []
+            return ()
         raise InvalidRequest(f"'{param}' is required for a {msg['role']} message.",
                              param=param)
     if isinstance(content, str):
-        return content, []
+        return (Text(content),)
     _expect(content, (list,), param, "a string or an array of content parts")
-    texts, images = [], []
+    parts = []
     for j, part in enumerate(content):
         pparam = f"{param}[{j}]"
         _expect(part, (dict,), pparam, "an object")
         ptype = part.get("type")
         if ptype == "text":
-            texts.append(_expect(part.get("text"), (str,), pparam + ".text", "a string"))
+            parts.append(Text(_expect(part.get("text"), (str,), pparam + ".text", "a string")))
         elif ptype == "image_url":
             image = part.get("image_url")
             if isinstance(image, dict) and "detail" in image and \
@@ -2567,18 +2745,18 @@ def _message_content(msg, i):
                 raise InvalidRequest("image_url.detail must be auto, low or high.",
                                      param=pparam + ".image_url.detail")
             url = image.get("url") if isinstance(image, dict) else image
-            images.append(_expect(url, (str,), pparam + ".image_url.url", "a string"))
+            parts.append(Image(_expect(url, (str,), pparam + ".image_url.url", "a string")))
         else:
             raise InvalidRequest(
                 f"Content part type {ptype!r} at '{pparam}' is not supported; use 'text'"
                 " or 'image_url'.", param=pparam + ".type")
-    return "\n".join(texts), images
+    return tuple(parts)
 
 
 def _tool_calls(msg, i):
     calls = msg.get("tool_calls")
     if calls is None:
-        return []
+        return ()
     param = f"messages[{i}].tool_calls"
     _expect(calls, (list,), param, "an array")
     out = []
@@ -2592,8 +2770,8 @@ def _tool_calls(msg, i):
         name = _expect(fn.get("name"), (str,), f"{param}[{j}].function.name", "a string")
         args = fn.get("arguments", "{}")
         _expect(args, (str,), f"{param}[{j}].function.arguments", "a JSON string")
-        out.append({"id": str(call.get("id") or ""), "name": name, "arguments": args})
-    return out
+        out.append(ToolCall(str(call.get("id") or ""), name, args))
+    return tuple(out)
 
 
 def _session_id(environ):
@@ -2678,19 +2856,13 @@ def _checked_model(model):
 
 def refused_chat(body, environ, default_model):
     """A stand-in ChatRequest for the usage row of a request that failed validation."""
-    chat = ChatRequest()
     model = body.get("model")
-    chat.model = (model[:200] if isinstance(model, str) and model else default_model)
-    chat.messages, chat.params = [], {}
-    chat.stream = body.get("stream") is True
-    chat.include_usage = False
     try:
-        chat.session_id = _session_id(environ)
+        session_id = _session_id(environ)
     except InvalidRequest:
-        chat.session_id = None
-    chat.request_id = "chatcmpl-" + secrets.token_hex(12)
-    chat.created = int(time.time())
-    return chat
+        session_id = None
+    return ChatRequest(model[:200] if isinstance(model, str) and model else default_model,
+                       [], stream=body.get("stream") is True, session_id=session_id)
 
 
 def _chat_params(body):
@@ -2755,92 +2927,51 @@ def _chat_params(body):
     return params
 
 
+def _message(msg, i):
+    """One OpenAI chat message as a Message."""
+    _expect(msg, (dict,), f"messages[{i}]", "an object")
+    role = msg.get("role")
+    if role not in _ROLES:
+        what = "is missing" if role is None else f"{role!r} is not a known role"
+        raise InvalidRequest(f"'messages[{i}].role' {what}; use one of "
+                             + ", ".join(_ROLES) + ".", param=f"messages[{i}].role")
+    parts = _content_parts(msg, i)
+    _check_fields(msg, f"messages[{i}]", {"name": _STR, "tool_call_id": _STR})
+    if role == "assistant":
+        parts += _tool_calls(msg, i)
+    elif role == "tool":
+        parts = (ToolResult(msg.get("tool_call_id") or "", Message(role, parts).text),
+                 *(p for p in parts if isinstance(p, Image)))
+    return Message(role, parts)
+
+
 def parse_chat_request(body, environ, default_model):
     """Validate a /v1/chat/completions body; InvalidRequest says what to fix."""
-    chat = ChatRequest()
     model = body.get("model")
     if model is None:
         model = default_model
     _expect(model, (str,), "model", "a string")
     if not model.strip():
         raise InvalidRequest("'model' must not be empty.", param="model")
-    chat.model = _checked_model(model)
     messages = body.get("messages")
     if messages is None:
         raise InvalidRequest("'messages' is required.", param="messages")
     _expect(messages, (list,), "messages", "an array")
     if not messages:
         raise InvalidRequest("'messages' must contain at least one message.", param="messages")
-    chat.messages = []
-    for i, msg in enumerate(messages):
-        _expect(msg, (dict,), f"messages[{i}]", "an object")
-        role = msg.get("role")
-        if role not in _ROLES:
-            what = "is missing" if role is None else f"{role!r} is not a known role"
-            raise InvalidRequest(f"'messages[{i}].role' {what}; use one of "
-                                 + ", ".join(_ROLES) + ".", param=f"messages[{i}].role")
-        text, images = _message_content(msg, i)
-        _check_fields(msg, f"messages[{i}]", {"name": _STR, "tool_call_id": _STR})
-        chat.messages.append({
-            "role": role, "content": text, "images": images,
-            "tool_calls": _tool_calls(msg, i) if role == "assistant" else [],
-            "tool_call_id": msg.get("tool_call_id") if role == "tool" else None,
-        })
     stream = body.get("stream")
-    chat.stream = bool(_expect(stream, (bool,), "stream", "a boolean")) \
-        if stream is not None else False
     options = body.get("stream_options")
-    chat.include_usage = False
+    include_usage = None
     if options is not None:
         _expect(options, (dict,), "stream_options", "an object")
-        flag = options.get("include_usage")
-        if flag is not None:
-            chat.include_usage = _expect(flag, (bool,), "stream_options.include_usage",
-                                         "a boolean")
-    chat.params = _chat_params(body)
-    chat.session_id = _session_id(environ)
-    chat.client_gone = environ.get("waitress.client_disconnected") or _never
-    chat.request_id = "chatcmpl-" + secrets.token_hex(12)
-    chat.created = int(time.time())
-    return chat
-
-
-def _render(msg):
-    text = msg["content"]
-    if msg["tool_calls"]:
-        calls = "; ".join(f"{c['name']}({c['arguments']})" for c in msg["tool_calls"])
-        text = (text + "\n" if text else "") + f"(called tools: {calls})"
-    return text
-
-
-def flatten_prompt(messages):
-    """History as one prompt: earlier turns with role markers, the last user message last."""
-    turns = [m for m in messages if m["role"] not in ("system", "developer")]
-    if not turns:
-        return ""
-    if len(turns) == 1:
-        return _render(turns[0])
-    last = turns[-1]
-    lines = ["Earlier turns of this conversation, oldest first:", ""]
-    for m in turns[:-1]:
-        lines.append(f"[{m['role']}]")
-        lines.append(_render(m))
-        lines.append("")
-    lines.append(f"[end of earlier turns; the {last['role']}'s new message follows]")
-    lines.append("")
-    lines.append(_render(last))
-    return "\n".join(lines)
-
-
-def new_turn_prompt(messages):
-    """For a resumed session: only the messages after the last assistant reply."""
-    turns = [m for m in messages if m["role"] not in ("system", "developer")]
-    start = 0
-    for i, m in enumerate(turns):
-        if m["role"] == "assistant":
-            start = i + 1
-    fresh = turns[start:] or turns[-1:]
-    return "\n\n".join(_render(m) for m in fresh)
+        include_usage = options.get("include_usage")
+    return ChatRequest(
+        _checked_model(model), [_message(msg, i) for i, msg in enumerate(messages)],
+        stream=stream is not None and _expect(stream, (bool,), "stream", "a boolean"),
+        include_usage=include_usage is not None and _expect(
+            include_usage, (bool,), "stream_options.include_usage", "a boolean"),
+        params=_chat_params(body), session_id=_session_id(environ),
+        client_gone=environ.get("waitress.client_disconnected") or _never)
 
 
 def _dumps(obj):
@@ -2853,17 +2984,25 @@ def _usage_object(final):
             "prompt_tokens_details": {"cached_tokens": final.cached_tokens}}
 
 
-def completion_body(chat, text, final, tool_calls=()):
-    """The non-streamed reply."""
+def _openai_call(call):
+    return {"id": call.id, "type": "function",
+            "function": {"name": call.name, "arguments": call.arguments}}
+
+
+def completion_body(chat, turn):
+    """The non-streamed reply to a finished turn (an Assembly)."""
+    text, calls = turn.text(), turn.tool_calls()
     message = {"role": "assistant", "content": text}
-    if tool_calls:
-        message["tool_calls"] = list(tool_calls)
+    if calls:
+        message["tool_calls"] = [_openai_call(c) for c in calls]
         message["content"] = text or None
+    if turn.reasoning:
+        message["reasoning_content"] = "".join(turn.reasoning)
     return {"id": chat.request_id, "object": "chat.completion", "created": chat.created,
             "model": chat.model, "system_fingerprint": None,
             "choices": [{"index": 0, "message": message,
-                         "logprobs": None, "finish_reason": final.finish_reason}],
-            "usage": _usage_object(final)}
+                         "logprobs": None, "finish_reason": turn.final.finish_reason}],
+            "usage": _usage_object(turn.final)}
 
 
 class ChunkWriter:
@@ -2878,6 +3017,19 @@ class ChunkWriter:
         """One choice delta as an SSE event."""
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         return f"data: {self.head}[{_dumps(choice)}]}}\n\n".encode("utf-8")
+
+    def piece(self, event):
+        """The chunk for one piece of the turn (an event the Assembly passed on)."""
+        if isinstance(event, TextDelta):
+            return self.chunk({"content": event.text})
+        if isinstance(event, ReasoningDelta):
+            return self.chunk({"reasoning_content": event.text})
+        if isinstance(event, ToolCallStart):
+            return self.chunk({"tool_calls": [{
+                "index": event.index, "id": event.id, "type": "function",
+                "function": {"name": event.name, "arguments": event.arguments}}]})
+        return self.chunk({"tool_calls": [{"index": event.index,
+                                           "function": {"arguments": event.arguments}}]})
 
     def usage(self, final):
         """The include_usage chunk."""
@@ -3060,7 +3212,7 @@ class RequestRecord:
                        completion_tokens=final.completion_tokens,
                        cached_tokens=final.cached_tokens, cost_usd=final.cost_usd)
         elif run is not None and run.usage:
-            row.update(run.usage)
+            row.update(run.usage._asdict())
             row["cost_usd"] = getattr(run, "cost_usd", 0.0)
         row["x_request_id"] = self.environ.get("bridge.request_id")
         self.store.record(row)
@@ -3120,8 +3272,12 @@ class Bridge:
         self.store.close()
 
 
+_TICK = object()  # a heartbeat is due
+
+
 def _events_with_housekeeping(run, environ, heartbeat):
-    """The run's events, plus ("tick",) when a heartbeat is due; enforces timeouts."""
+    """The run's events to pass on, and _TICK when a heartbeat is due; enforces timeouts;
+    raises a Failed event's error."""
     started = last_event = last_beat = time.monotonic()
     disconnected = environ.get("waitress.client_disconnected")
     tick = min(1.0, heartbeat)
@@ -3143,30 +3299,31 @@ def _events_with_housekeeping(run, environ, heartbeat):
                                      f"({run.idle_setting})")
             if now - last_beat >= heartbeat:
                 last_beat = now
-                yield ("tick",)
+                yield _TICK
             continue
         last_event = now
-        if event[0] == "progress":
+        if isinstance(event, (Progress, Usage)):
             continue
-        if event[0] == "error":
-            raise event[1]
+        if isinstance(event, Failed):
+            raise event.error
         yield event
-        if event[0] == "done":
+        if isinstance(event, Final):
             return
 
 
 class Assembly:
-    """One turn's events, as a client is sent them: the text and tool calls of a JSON
-    reply, or the pieces of a stream, and the turn's Final.
+    """One turn's events, as a client is sent them: the text, reasoning and tool calls of
+    a JSON reply, or the pieces of a stream, and the turn's Final.
 
-    A backend may void text it already produced ("retract", then a retry). A JSON reply
+    A backend may void text it already produced (Retract, then a retry). A JSON reply
     simply drops it. A stream cannot unsend it: when the retried answer starts with the
     voided text, only the rest is sent; when it differs, the client gets the voided text
     followed by the whole retried answer."""
 
     def __init__(self):
         self.parts = []  # the JSON reply's text
-        self.calls = []  # its tool calls, in order
+        self.reasoning = []
+        self.calls = {}  # index -> [id, name, argument pieces]
         self.final = None
         self.void_left = ""  # voided text the retry has not repeated yet
         self.held = ""  # retry text held back because it repeats voided text
@@ -3175,26 +3332,35 @@ class Assembly:
         """The JSON reply's text."""
         return "".join(self.parts)
 
+    def tool_calls(self):
+        """The turn's tool calls, in order."""
+        return [ToolCall(call_id, name, "".join(args))
+                for _, (call_id, name, args) in sorted(self.calls.items())]
+
     def feed(self, event):
-        """Take one event; the pieces to stream for it: ("text", str) and
-        ("tool_call", index, call)."""
-        kind = event[0]
-        if kind == "text":
-            self.parts.append(event[1])
-            text = self._unrepeated(event[1])
-            return [("text", text)] if text else []
-        if kind == "tool_calls":
-            first = len(self.calls)
-            self.calls.extend(event[1])
-            return [("tool_call", first + i, call) for i, call in enumerate(event[1])]
-        if kind == "retract":
+        """Take one event; the events to stream for it."""
+        if isinstance(event, TextDelta):
+            self.parts.append(event.text)
+            text = self._unrepeated(event.text)
+            return [TextDelta(text)] if text else []
+        if isinstance(event, ReasoningDelta):
+            self.reasoning.append(event.text)
+        elif isinstance(event, ToolCallStart):
+            self.calls[event.index] = [event.id, event.name, [event.arguments]]
+        elif isinstance(event, ToolCallDelta):
+            self.calls[event.index][2].append(event.arguments)
+        elif isinstance(event, Retract):
             text = self.text()
-            if text.endswith(event[1]):
-                self.parts = [text[:len(text) - len(event[1])]]
-            self.void_left, self.held = self.void_left + event[1], ""
-        elif kind == "done":
-            self.final = event[1]
-        return []
+            if text.endswith(event.text):
+                self.parts = [text[:len(text) - len(event.text)]]
+            self.void_left, self.held = self.void_left + event.text, ""
+            return []
+        elif isinstance(event, Final):
+            self.final = event
+            return []
+        else:
+            return []
+        return [event]
 
     def _unrepeated(self, text):
         if not self.void_left:
@@ -3540,14 +3706,15 @@ def create_chat_completion(bridge):
     body = parse_json_body(raw)  # a body that is no JSON object has no usage row
     try:
         chat = parse_chat_request(body, environ, settings.claude_default_model)
+        refused = None
     except InvalidRequest as exc:
-        chat = refused_chat(body, environ, settings.claude_default_model)
-        chat.session_id = bridge.store.session_tag(chat.session_id)
-        RequestRecord(bridge, chat, bridge.backend_for(chat.model).provider, environ).write(
-            "error", exc.status, exc.message)
-        return _error_response(exc)
+        chat, refused = refused_chat(body, environ, settings.claude_default_model), exc
     # From here on the session is known by its tag only: rows, logs, errors, keys.
-    chat.session_id = bridge.store.session_tag(chat.session_id)
+    chat = dataclasses.replace(chat, session_id=bridge.store.session_tag(chat.session_id))
+    if refused is not None:
+        RequestRecord(bridge, chat, bridge.backend_for(chat.model).provider, environ).write(
+            "error", refused.status, refused.message)
+        return _error_response(refused)
     backend = bridge.backend_for(chat.model)
     record = RequestRecord(bridge, chat, backend.provider, environ)
     run = None
@@ -3558,7 +3725,7 @@ def create_chat_completion(bridge):
         if chat.stream:
             # Wait for the first content before committing to 200, so an early
             # failure still gets its real status.
-            first = next(e for e in events if e[0] != "tick")
+            first = next(e for e in events if e is not _TICK)
             handed_off = True
             return _stream(chat, run, events, first, record)
         return _complete(chat, events, record)
@@ -3579,10 +3746,9 @@ def create_chat_completion(bridge):
 def _complete(chat, events, record):
     turn = Assembly()
     for event in events:
-        if event[0] in ("text", "tool_calls"):
+        if turn.feed(event):
             record.first()
-        turn.feed(event)
-    body = completion_body(chat, turn.text(), turn.final, turn.calls)
+    body = completion_body(chat, turn)
     record.write("ok", 200, final=turn.final)
     return _json_response(body)
 
@@ -3600,14 +3766,13 @@ def _stream(chat, run, events, first, record):
             stream = iter(events)
             event = first
             while event is not None:
-                if event[0] == "tick":
+                if event is _TICK:
                     yield b": keep-alive\n\n"
                 for piece in turn.feed(event):
                     record.first()
-                    yield writer.chunk({"content": piece[1]} if piece[0] == "text" else
-                                       {"tool_calls": [{"index": piece[1], **piece[2]}]})
-                if event[0] == "done":
-                    final = event[1]
+                    yield writer.piece(piece)
+                if isinstance(event, Final):
+                    final = event
                     record.write("ok", 200, final=final)
                     out = writer.chunk({}, final.finish_reason)
                     if chat.include_usage:

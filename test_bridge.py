@@ -287,35 +287,53 @@ def test_abandoned_blocks_stream_that_differs_keeps_the_whole_answer(br):
 
 
 def _assemble(*events):
-    """(streamed text, streamed tool calls, JSON text) of one turn's events."""
+    """(streamed text, streamed tool call events, JSON text) of one turn's events."""
     turn = bridge.Assembly()
     pieces = [p for e in events for p in turn.feed(e)]
-    return ("".join(p[1] for p in pieces if p[0] == "text"),
-            [(p[1], p[2]) for p in pieces if p[0] == "tool_call"], turn.text())
+    return ("".join(p.text for p in pieces if isinstance(p, bridge.TextDelta)),
+            [p for p in pieces if isinstance(p, (bridge.ToolCallStart, bridge.ToolCallDelta))],
+            turn.text())
+
+
+T, R = bridge.TextDelta, bridge.Retract
 
 
 @pytest.mark.parametrize("events,streamed,reply", [
     # No retract: everything as it comes.
-    ([("text", "Hel"), ("text", "lo")], "Hello", "Hello"),
+    ([T("Hel"), T("lo")], "Hello", "Hello"),
     # The retry repeats the voided text, in other pieces: only the rest is streamed.
-    ([("text", "Hel"), ("retract", "Hel"), ("text", "He"), ("text", "llo w"), ("text", "orld")],
-     "Hello world", "Hello world"),
+    ([T("Hel"), R("Hel"), T("He"), T("llo w"), T("orld")], "Hello world", "Hello world"),
     # The retry differs: the stream keeps the voided text and then the whole retry.
-    ([("text", "Hel"), ("retract", "Hel"), ("text", "He"), ("text", "y there")],
-     "HelHey there", "Hey there"),
+    ([T("Hel"), R("Hel"), T("He"), T("y there")], "HelHey there", "Hey there"),
     # Only part of earlier text is voided; the retry repeats it exactly, then stops.
-    ([("text", "A. "), ("text", "B"), ("retract", "B"), ("text", "B")], "A. B", "A. B"),
+    ([T("A. "), T("B"), R("B"), T("B")], "A. B", "A. B"),
     # A retract of text never sent (a mismatch) leaves the JSON text alone.
-    ([("text", "abc"), ("retract", "zz"), ("text", "zzd")], "abcd", "abczzd"),
+    ([T("abc"), R("zz"), T("zzd")], "abcd", "abczzd"),
 ])
 def test_the_assembly_of_a_turn_with_voided_text(events, streamed, reply):
     assert _assemble(*events)[0::2] == (streamed, reply)
 
 
-def test_the_assembly_numbers_tool_calls_across_events():
-    calls = [{"id": "a"}, {"id": "b"}]
-    _, streamed, _ = _assemble(("tool_calls", calls[:1]), ("text", "x"), ("tool_calls", calls[1:]))
-    assert streamed == [(0, {"id": "a"}), (1, {"id": "b"})]
+def test_the_assembly_keeps_tool_calls_in_order_with_their_argument_pieces():
+    events = (bridge.ToolCallStart(0, "a", "f"), bridge.ToolCallDelta(0, '{"x":'),
+              T("x"), bridge.ToolCallStart(1, "b", "g"), bridge.ToolCallDelta(0, " 1}"),
+              bridge.ToolCallDelta(1, "{}"))
+    turn = bridge.Assembly()
+    streamed = [p for e in events for p in turn.feed(e)]
+    assert [p for p in streamed if not isinstance(p, T)] == [
+        e for e in events if not isinstance(e, T)]
+    assert turn.tool_calls() == [bridge.ToolCall("a", "f", '{"x": 1}'),
+                                 bridge.ToolCall("b", "g", "{}")]
+
+
+def test_reasoning_is_kept_apart_from_the_text():
+    turn = bridge.Assembly()
+    for event in (bridge.ReasoningDelta("think"), T("answer"),
+                  bridge.Final("stop", 1, 2, 0, 0.0)):
+        turn.feed(event)
+    chat = bridge.ChatRequest("m", [])
+    message = bridge.completion_body(chat, turn)["choices"][0]["message"]
+    assert (message["content"], message["reasoning_content"]) == ("answer", "think")
 
 
 # ----------------------------------------------------------------------------------------
@@ -1174,7 +1192,7 @@ def test_ollama_session_byte_cap_and_expiry(start, ollama_fake):
                                    messages=[{"role": "user", "content": "b" * 300}])
     tag = br.app.bridge.store.session_tag("small")
     system, kept = br.app.bridge.ollama.histories.get(tag)
-    assert [m["content"][0] for m in kept if m["role"] == "user"] == ["b"]
+    assert [m.text[0] for m in kept if m.role == "user"] == ["b"]
     # (len() expires without touching; get() would count as a use and keep it alive)
     assert wait_until(lambda: len(br.app.bridge.ollama.histories) == 0, timeout=5)
     assert br.app.bridge.ollama.histories.get(tag) == ([], [])

@@ -19,10 +19,10 @@ class EchoRun(bridge.Run):
         self.chat = chat
 
     def produce(self):
-        words = self.chat.messages[-1]["content"].split()
+        words = self.chat.messages[-1].text.split()
         for word in words:
-            yield ("text", word + " ")
-        yield ("done", bridge.Final("stop", 1, len(words), 0, 0.0))
+            yield bridge.TextDelta(word + " ")
+        yield bridge.Final("stop", 1, len(words), 0, 0.0)
 
 
 class EchoBackend(bridge.Backend):
