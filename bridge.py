@@ -286,7 +286,7 @@ def _is_loopback(host):
 
 
 # ----------------------------------------------------------------------------------------
-# Errors
+# Errors and logging
 # ----------------------------------------------------------------------------------------
 
 class BridgeError(Exception):
@@ -1217,7 +1217,7 @@ class ChatHistories:
 
 
 # ----------------------------------------------------------------------------------------
-# Backends
+# Run machinery
 # ----------------------------------------------------------------------------------------
 # A backend's open(chat) returns a Run: a producer thread turns the backend's output into
 # the conversation model's events on a queue, so the HTTP side can wait with a timeout
@@ -1380,6 +1380,134 @@ class Run:
         if self._finished is not None:
             self._finished.wait(timeout=10)
 
+
+def _dumps(obj):
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+_DATA_URL = re.compile(r"^data:(image/[A-Za-z0-9.+-]+);base64,(.*)\Z", re.S)
+
+
+def _data_url(url, param):
+    """(media type, base64 data) of a `data:image/...;base64,` URL; None for other URLs."""
+    match = _DATA_URL.match(url)
+    if match is None:
+        return None
+    data = re.sub(r"\s+", "", match.group(2))
+    try:
+        base64.b64decode(data, validate=True)
+    except ValueError:  # binascii.Error, or a str with non-ASCII characters
+        raise InvalidRequest("The image's base64 data is not valid.", param=param) from None
+    return match.group(1), data
+
+
+_TICK = object()  # a heartbeat is due
+
+
+def _events_with_housekeeping(run, environ, heartbeat):
+    """The run's events to pass on, and _TICK when a heartbeat is due; enforces timeouts;
+    raises a Failed event's error."""
+    started = last_event = last_beat = time.monotonic()
+    disconnected = environ.get("waitress.client_disconnected")
+    tick = min(1.0, heartbeat)
+    while True:
+        event = run.get(tick)
+        now = time.monotonic()
+        if event is _END:
+            if disconnected is not None and disconnected():
+                raise ClientGone()
+            raise BackendFailed("the backend ended without a result")
+        if event is None:
+            if disconnected is not None and disconnected():
+                raise ClientGone()
+            if now - started > run.timeout:
+                raise BackendTimeout(f"the request took longer than {run.timeout:g} s "
+                                     f"({run.timeout_setting})")
+            if now - last_event > run.idle_timeout:
+                raise BackendTimeout(f"the backend sent nothing for {run.idle_timeout:g} s "
+                                     f"({run.idle_setting})")
+            if now - last_beat >= heartbeat:
+                last_beat = now
+                yield _TICK
+            continue
+        last_event = now
+        if isinstance(event, (Progress, Usage)):
+            continue
+        if isinstance(event, Failed):
+            raise event.error
+        yield event
+        if isinstance(event, Final):
+            return
+
+
+class Assembly:
+    """One turn's events, as a client is sent them: the text, reasoning and tool calls of
+    a JSON reply, or the pieces of a stream, and the turn's Final.
+
+    A backend may void text it already produced (Retract, then a retry). A JSON reply
+    simply drops it. A stream cannot unsend it: when the retried answer starts with the
+    voided text, only the rest is sent; when it differs, the client gets the voided text
+    followed by the whole retried answer."""
+
+    def __init__(self):
+        self.parts = []  # the JSON reply's text
+        self.reasoning = []
+        self.calls = {}  # index -> [id, name, argument pieces]
+        self.final = None
+        self.void_left = ""  # voided text the retry has not repeated yet
+        self.held = ""  # retry text held back because it repeats voided text
+
+    def text(self):
+        """The JSON reply's text."""
+        return "".join(self.parts)
+
+    def tool_calls(self):
+        """The turn's tool calls, in order."""
+        return [ToolCall(call_id, name, "".join(args))
+                for _, (call_id, name, args) in sorted(self.calls.items())]
+
+    def feed(self, event):
+        """Take one event; the events to stream for it."""
+        if isinstance(event, TextDelta):
+            self.parts.append(event.text)
+            text = self._unrepeated(event.text)
+            return [TextDelta(text)] if text else []
+        if isinstance(event, ReasoningDelta):
+            self.reasoning.append(event.text)
+        elif isinstance(event, ToolCallStart):
+            self.calls[event.index] = [event.id, event.name, [event.arguments]]
+        elif isinstance(event, ToolCallDelta):
+            self.calls[event.index][2].append(event.arguments)
+        elif isinstance(event, Retract):
+            text = self.text()
+            if text.endswith(event.text):
+                self.parts = [text[:len(text) - len(event.text)]]
+            self.void_left, self.held = self.void_left + event.text, ""
+            return []
+        elif isinstance(event, Final):
+            self.final = event
+            return []
+        else:
+            return []
+        return [event]
+
+    def _unrepeated(self, text):
+        if not self.void_left:
+            return text
+        n = len(os.path.commonprefix([self.void_left, text]))
+        if n == len(text):  # all of it repeats what was voided: hold it back
+            self.void_left, self.held = self.void_left[n:], self.held + text
+            return ""
+        if n == len(self.void_left):  # the repeat is complete: the rest is new
+            self.void_left, self.held = "", ""
+            return text[n:]
+        text, self.void_left, self.held = self.held + text, "", ""  # a different answer
+        return text
+
+
+# ----------------------------------------------------------------------------------------
+# Backend: Claude
+# ----------------------------------------------------------------------------------------
 
 # How long a signalled CLI gets to exit before SIGKILL.
 _KILL_GRACE_SECONDS = 2.0
@@ -1930,22 +2058,6 @@ def _claude_usage(usage):
 
 
 _NO_CONVERSATION = "No conversation found"
-_DATA_URL = re.compile(r"^data:(image/[A-Za-z0-9.+-]+);base64,(.*)\Z", re.S)
-
-
-def _data_url(url, param):
-    """(media type, base64 data) of a `data:image/...;base64,` URL; None for other URLs."""
-    match = _DATA_URL.match(url)
-    if match is None:
-        return None
-    data = re.sub(r"\s+", "", match.group(2))
-    try:
-        base64.b64decode(data, validate=True)
-    except ValueError:  # binascii.Error, or a str with non-ASCII characters
-        raise InvalidRequest("The image's base64 data is not valid.", param=param) from None
-    return match.group(1), data
-
-
 def _claude_image(url, param):
     """An OpenAI image URL as an Anthropic image content block."""
     inline = _data_url(url, param)
@@ -2324,6 +2436,10 @@ class _ClaudeEvents:
         return f"Claude Code CLI: {message}"
 
 
+# ----------------------------------------------------------------------------------------
+# Backend: Ollama
+# ----------------------------------------------------------------------------------------
+
 def _ollama_image(url, param):
     inline = _data_url(url, param)
     if inline:
@@ -2675,7 +2791,7 @@ class OllamaRun(Run):
 
 
 # ----------------------------------------------------------------------------------------
-# OpenAI translation
+# Dialects: requests in, replies out
 # ----------------------------------------------------------------------------------------
 
 _ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -2974,10 +3090,6 @@ def parse_chat_request(body, environ, default_model):
         client_gone=environ.get("waitress.client_disconnected") or _never)
 
 
-def _dumps(obj):
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-
-
 def _usage_object(final):
     return {"prompt_tokens": final.prompt_tokens, "completion_tokens": final.completion_tokens,
             "total_tokens": final.prompt_tokens + final.completion_tokens,
@@ -3042,7 +3154,7 @@ class ChunkWriter:
 
 
 # ----------------------------------------------------------------------------------------
-# Routes
+# HTTP app
 # ----------------------------------------------------------------------------------------
 
 _JSON = "application/json"
@@ -3270,110 +3382,6 @@ class Bridge:
         """End every child process and close the database."""
         self.end_children()
         self.store.close()
-
-
-_TICK = object()  # a heartbeat is due
-
-
-def _events_with_housekeeping(run, environ, heartbeat):
-    """The run's events to pass on, and _TICK when a heartbeat is due; enforces timeouts;
-    raises a Failed event's error."""
-    started = last_event = last_beat = time.monotonic()
-    disconnected = environ.get("waitress.client_disconnected")
-    tick = min(1.0, heartbeat)
-    while True:
-        event = run.get(tick)
-        now = time.monotonic()
-        if event is _END:
-            if disconnected is not None and disconnected():
-                raise ClientGone()
-            raise BackendFailed("the backend ended without a result")
-        if event is None:
-            if disconnected is not None and disconnected():
-                raise ClientGone()
-            if now - started > run.timeout:
-                raise BackendTimeout(f"the request took longer than {run.timeout:g} s "
-                                     f"({run.timeout_setting})")
-            if now - last_event > run.idle_timeout:
-                raise BackendTimeout(f"the backend sent nothing for {run.idle_timeout:g} s "
-                                     f"({run.idle_setting})")
-            if now - last_beat >= heartbeat:
-                last_beat = now
-                yield _TICK
-            continue
-        last_event = now
-        if isinstance(event, (Progress, Usage)):
-            continue
-        if isinstance(event, Failed):
-            raise event.error
-        yield event
-        if isinstance(event, Final):
-            return
-
-
-class Assembly:
-    """One turn's events, as a client is sent them: the text, reasoning and tool calls of
-    a JSON reply, or the pieces of a stream, and the turn's Final.
-
-    A backend may void text it already produced (Retract, then a retry). A JSON reply
-    simply drops it. A stream cannot unsend it: when the retried answer starts with the
-    voided text, only the rest is sent; when it differs, the client gets the voided text
-    followed by the whole retried answer."""
-
-    def __init__(self):
-        self.parts = []  # the JSON reply's text
-        self.reasoning = []
-        self.calls = {}  # index -> [id, name, argument pieces]
-        self.final = None
-        self.void_left = ""  # voided text the retry has not repeated yet
-        self.held = ""  # retry text held back because it repeats voided text
-
-    def text(self):
-        """The JSON reply's text."""
-        return "".join(self.parts)
-
-    def tool_calls(self):
-        """The turn's tool calls, in order."""
-        return [ToolCall(call_id, name, "".join(args))
-                for _, (call_id, name, args) in sorted(self.calls.items())]
-
-    def feed(self, event):
-        """Take one event; the events to stream for it."""
-        if isinstance(event, TextDelta):
-            self.parts.append(event.text)
-            text = self._unrepeated(event.text)
-            return [TextDelta(text)] if text else []
-        if isinstance(event, ReasoningDelta):
-            self.reasoning.append(event.text)
-        elif isinstance(event, ToolCallStart):
-            self.calls[event.index] = [event.id, event.name, [event.arguments]]
-        elif isinstance(event, ToolCallDelta):
-            self.calls[event.index][2].append(event.arguments)
-        elif isinstance(event, Retract):
-            text = self.text()
-            if text.endswith(event.text):
-                self.parts = [text[:len(text) - len(event.text)]]
-            self.void_left, self.held = self.void_left + event.text, ""
-            return []
-        elif isinstance(event, Final):
-            self.final = event
-            return []
-        else:
-            return []
-        return [event]
-
-    def _unrepeated(self, text):
-        if not self.void_left:
-            return text
-        n = len(os.path.commonprefix([self.void_left, text]))
-        if n == len(text):  # all of it repeats what was voided: hold it back
-            self.void_left, self.held = self.void_left[n:], self.held + text
-            return ""
-        if n == len(self.void_left):  # the repeat is complete: the rest is new
-            self.void_left, self.held = "", ""
-            return text[n:]
-        text, self.void_left, self.held = self.held + text, "", ""  # a different answer
-        return text
 
 
 _REQUEST_ID_MAX = 128
@@ -3823,716 +3831,6 @@ def make_app(settings):
     return BridgeApp(app, bridge, settings.log_requests)
 
 
-def openapi_document(version, providers=("ollama", "claude")):
-    """The OpenAPI 3.1 description of the bridge's routes, as bridge.py answers them."""
-    def ref(name):
-        return {"$ref": "#/components/schemas/" + name}
-
-    def nullable(type_name, **extra):
-        return {"type": [type_name, "null"], **extra}
-
-    def error(description, **headers):
-        return {"description": description,
-                "headers": {"X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"},
-                            **headers},
-                "content": {"application/json": {"schema": ref("Error")}}}
-
-    def ok_json(description, schema):
-        return {"description": description,
-                "headers": {"X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"}},
-                "content": {"application/json": {"schema": schema}}}
-
-    def query(name, schema, description):
-        return {"name": name, "in": "query", "required": False, "schema": schema,
-                "description": description}
-
-    retry_after = {"description": "Seconds to wait before trying again.",
-                   "schema": {"type": "string", "pattern": "^[0-9]+$"}}
-    time_value = {"type": "string", "examples": ["24h", "2026-11-25T10:00:00Z"]}
-    since = query("since", time_value, "Start of the window (inclusive): ISO 8601 "
-                  "(`2026-11-25T10:00:00Z`, no zone = UTC) or a time ago (`30m`, `24h`, `7d`, "
-                  "`2w`; units s, m, h, d, w). Empty = open. A bad value is a 400 naming it.")
-    until = query("until", time_value, "End of the window (exclusive), as `since`; must be "
-                  "after `since`.")
-    provider = query("provider", {"type": "string", "enum": list(providers)},
-                     "Only this provider.")
-    model = query("model", {"type": "string"}, "Only this model, as clients named it.")
-    usage_errors = {"400": {"$ref": "#/components/responses/BadRequest"},
-                    "401": {"$ref": "#/components/responses/Unauthorized"}}
-    image_url = {"type": "string",
-                 "pattern": "^(data:image/[A-Za-z0-9.+-]+;base64,|https?://)",
-                 "examples": ["data:image/png;base64,iVBORw0KGgo="]}
-    text_part = {"type": "object", "required": ["type", "text"],
-                 "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}
-    image_part = {
-        "type": "object", "required": ["type", "image_url"],
-        "properties": {
-            "type": {"const": "image_url"},
-            "image_url": {
-                "description": "Claude takes `data:image/...;base64,...` and http(s) URLs; "
-                               "Ollama only data URLs (an http(s) URL is a 400). The bare URL "
-                               "string is accepted too.",
-                "oneOf": [{"type": "object", "required": ["url"],
-                           "properties": {"url": image_url,
-                                          "detail": {"type": "string",
-                                                     "enum": ["auto", "low", "high"]}}},
-                          image_url]}}}
-    content = {"oneOf": [{"type": "string"},
-                         {"type": "array", "items": {"oneOf": [text_part, image_part]}}],
-               "description": "Text, or content parts (text and images); the texts of the "
-                              "parts are joined with newlines."}
-    message_name = {"type": "string", "description": "Accepted and ignored."}
-    document = {
-        "openapi": "3.1.0",
-        "info": {
-            "title": "claude-bridge",
-            "version": version,
-            "summary": "An OpenAI-compatible API over the Claude Code CLI and a local Ollama.",
-            "description": "Models named `ollama/<name>` go to Ollama; every other model name "
-                           "runs the `claude` CLI. Every chat request is logged to SQLite and "
-                           "can be read back through the usage API. Errors are OpenAI error "
-                           "objects. Every response carries an `X-Request-ID` header. When "
-                           "`CLAUDE_AUTH_KEY` is set, every route except /health, /dashboard "
-                           "and /openapi.json needs `Authorization: Bearer <key>` (a 401 "
-                           "otherwise); an unknown route is a 404 and a wrong method a 405, "
-                           "both as error objects. Before any route, a `Host` that is not a "
-                           "name of the bridge, or a request from a web page whose origin "
-                           "is not in CORS_ORIGINS, is a 403, and a body not sent as "
-                           "`application/json` a 415.",
-            "license": {"name": "MIT", "identifier": "MIT"},
-        },
-        "security": [{"bearerAuth": []}],
-        "paths": {
-            "/v1/chat/completions": {"post": {
-                "operationId": "createChatCompletion",
-                "tags": ["chat"],
-                "summary": "Create a chat completion (JSON, or Server-Sent Events with "
-                           "`stream: true`).",
-                "description": "Every request whose body is a JSON object is one row in the "
-                               "usage log, refused ones included. A stream that fails after "
-                               "it began sends one `data: {\"error\": {...}}` event and ends "
-                               "without `[DONE]`.",
-                "parameters": [
-                    {"name": "X-Session-ID", "in": "header", "required": False,
-                     "description": "Keep the conversation on the bridge's side (Claude's "
-                                    "session store, or memory for Ollama): later turns send "
-                                    f"only their new messages. 1 to {_SESSION_ID_MAX} printable "
-                                    "characters.",
-                     "schema": {"type": "string", "minLength": 1,
-                                "maxLength": _SESSION_ID_MAX,
-                                "pattern": "^[!-~]([ -~]*[!-~])?$"}},
-                    {"$ref": "#/components/parameters/X-Request-ID"},
-                ],
-                "requestBody": {"required": True, "content": {"application/json": {
-                    "schema": ref("CreateChatCompletionRequest"),
-                    "examples": {
-                        "claude": {"summary": "Claude, one JSON reply", "value": {
-                            "model": "claude-code",
-                            "messages": [{"role": "system", "content": "Be brief."},
-                                         {"role": "user", "content": "What is a bridge?"}]}},
-                        "claude-stream": {"summary": "Claude, streamed, with usage",
-                                          "value": {
-                            "model": "sonnet", "stream": True,
-                            "stream_options": {"include_usage": True},
-                            "messages": [{"role": "user", "content": "Write a haiku"}]}},
-                        "ollama-image": {"summary": "Ollama, text and an image", "value": {
-                            "model": "ollama/llama3.2", "max_tokens": 200,
-                            "temperature": 0.2,
-                            "messages": [{"role": "user", "content": [
-                                {"type": "text", "text": "What is in this picture?"},
-                                {"type": "image_url", "image_url": {
-                                    "url": "data:image/png;base64,iVBORw0KGgo="}}]}]}},
-                        "ollama-tool-result": {
-                            "summary": "Ollama, a tool's result sent back", "value": {
-                                "model": "ollama/llama3.2", "stream": True,
-                                "tools": [{"type": "function", "function": {
-                                    "name": "get_weather",
-                                    "parameters": {"type": "object", "properties": {
-                                        "city": {"type": "string"}}}}}],
-                                "messages": [
-                                    {"role": "user", "content": "Weather in Paris?"},
-                                    {"role": "assistant", "content": None, "tool_calls": [
-                                        {"id": "call_1", "type": "function", "function": {
-                                            "name": "get_weather",
-                                            "arguments": "{\"city\": \"Paris\"}"}}]},
-                                    {"role": "tool", "tool_call_id": "call_1",
-                                     "content": "18 C, sunny"}]}},
-                    }}}},
-                "responses": {
-                    "200": {
-                        "description": "The reply: a chat.completion object, or with "
-                                       "`stream: true` a stream of chat.completion.chunk "
-                                       "events ending with `data: [DONE]`.",
-                        "headers": {
-                            "X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"}},
-                        "content": {
-                            "application/json": {"schema": ref("ChatCompletion")},
-                            "text/event-stream": {
-                                "schema": ref("ChatCompletionStreamEvent")},
-                        }},
-                    "400": {"$ref": "#/components/responses/BadRequest"},
-                    "401": {"$ref": "#/components/responses/Unauthorized"},
-                    "404": error("An `ollama/<name>` model Ollama does not have "
-                                 "(code `model_not_found`)."),
-                    "413": error("The body is larger than MAX_BODY_MB "
-                                 "(code `request_too_large`)."),
-                    "429": error("No free Claude slot within CLAUDE_QUEUE_TIMEOUT, or another "
-                                 "turn of the same session is still running.",
-                                 **{"Retry-After": {**retry_after, "required": True}}),
-                    "502": error("The backend failed: the CLI's own message, Ollama "
-                                 "unreachable (code `backend_unreachable`) or Ollama's error."),
-                    "503": error("The CLI is not installed (code `claude_not_found`), or "
-                                 "Ollama is busy (code `backend_busy`, with Retry-After).",
-                                 **{"Retry-After": retry_after}),
-                    "504": error("CLAUDE_TIMEOUT, CLAUDE_IDLE_TIMEOUT or OLLAMA_TIMEOUT "
-                                 "passed (code `timeout`)."),
-                },
-            }},
-            "/": {"get": {
-                "operationId": "getIndex",
-                "tags": ["service"],
-                "summary": "What this is and where to go: the API, the dashboard, this "
-                           "description.",
-                "responses": {
-                    "200": ok_json("Links.", {
-                        "type": "object", "additionalProperties": False,
-                        "required": ["name", "version", "message", "links"],
-                        "properties": {
-                            "name": {"const": "claude-bridge"},
-                            "version": {"type": "string"},
-                            "message": {"type": "string"},
-                            "links": {"type": "object",
-                                      "additionalProperties": {"type": "string"}}}}),
-                    "401": {"$ref": "#/components/responses/Unauthorized"},
-                },
-            }},
-            "/v1/models": {"get": {
-                "operationId": "listModels",
-                "tags": ["models"],
-                "summary": "The Claude models (claude-code, sonnet, opus, haiku and the "
-                           "default) then Ollama's as `ollama/<name>`.",
-                "responses": {
-                    "200": ok_json("The models.", ref("ModelList")),
-                    "401": {"$ref": "#/components/responses/Unauthorized"},
-                },
-            }},
-            "/v1/usage": {"get": {
-                "operationId": "getUsage",
-                "tags": ["usage"],
-                "summary": "Totals per model and provider, busiest first.",
-                "parameters": [since, until, provider, model],
-                "responses": {
-                    "200": ok_json("Totals.", {"type": "array",
-                                               "items": ref("UsageSummary")}),
-                    **usage_errors,
-                },
-            }},
-            "/v1/usage/recent": {"get": {
-                "operationId": "getRecentUsage",
-                "tags": ["usage"],
-                "summary": "The latest usage rows, newest first.",
-                "parameters": [
-                    query("limit", {"type": "integer", "minimum": 1, "maximum": _RECENT_MAX,
-                                    "default": 50}, f"How many rows, 1 to {_RECENT_MAX}."),
-                    since,
-                ],
-                "responses": {
-                    "200": ok_json("Rows.", {"type": "array", "items": ref("UsageRow")}),
-                    **usage_errors,
-                },
-            }},
-            "/v1/usage/timeseries": {"get": {
-                "operationId": "getUsageTimeseries",
-                "tags": ["usage"],
-                "summary": "Sums per minute, hour or day, oldest first (only buckets with "
-                           "requests).",
-                "parameters": [
-                    query("bucket", {"type": "string", "enum": ["minute", "hour", "day"],
-                                     "default": "hour"},
-                          "Bucket size; `minute` needs `since` within 2 days of `until` "
-                          "(or of now)."),
-                    since, until, provider, model,
-                ],
-                "responses": {
-                    "200": ok_json("Buckets.", {"type": "array",
-                                                "items": ref("UsageBucket")}),
-                    **usage_errors,
-                },
-            }},
-            "/health": {"get": {
-                "operationId": "getHealth",
-                "tags": ["service"],
-                "summary": "Whether the bridge can serve; never needs a key.",
-                "description": "Without the key (when CLAUDE_AUTH_KEY is set) only `status`; "
-                               "with it, the backends' and database's details too. Runs "
-                               "`claude --version` (cached for a minute) and asks Ollama for "
-                               "its version (cached for 5 s); never a chat.",
-                "security": [],
-                "responses": {"200": ok_json("The state (also when degraded).", {"oneOf": [
-                    ref("Health"), {
-                        "type": "object", "additionalProperties": False,
-                        "required": ["status"],
-                        "properties": {"status": {"type": "string",
-                                                  "enum": ["ok", "degraded"]}}}]})},
-            }},
-            "/dashboard": {"get": {
-                "operationId": "getDashboard",
-                "tags": ["service"],
-                "summary": "The usage dashboard, a self-contained page (it asks for the key "
-                           "itself).",
-                "security": [],
-                "responses": {
-                    "200": {"description": "The page.",
-                            "headers": {"X-Request-ID": {
-                                "$ref": "#/components/headers/X-Request-ID"}},
-                            "content": {"text/html": {"schema": {"type": "string"}}}},
-                    "404": error("dashboard.html is not installed beside bridge.py."),
-                },
-            }},
-            "/metrics": {"get": {
-                "operationId": "getMetrics",
-                "tags": ["service"],
-                "summary": "Prometheus metrics (text exposition format 0.0.4).",
-                "description": "Needs the key like the API, unless METRICS_LOOPBACK_OPEN is "
-                               "set and the scraper is on this machine.",
-                "responses": {
-                    "200": {"description": "Counters, histograms and gauges.",
-                            "headers": {"X-Request-ID": {
-                                "$ref": "#/components/headers/X-Request-ID"}},
-                            "content": {"text/plain": {"schema": {"type": "string"}}}},
-                    "401": {"$ref": "#/components/responses/Unauthorized"},
-                },
-            }},
-            "/openapi.json": {"get": {
-                "operationId": "getOpenAPI",
-                "tags": ["service"],
-                "summary": "This description.",
-                "security": [],
-                "responses": {"200": ok_json(
-                    "The OpenAPI 3.1 document.",
-                    {"type": "object", "required": ["openapi", "info", "paths"]})},
-            }},
-        },
-        "components": {
-            "securitySchemes": {"bearerAuth": {
-                "type": "http", "scheme": "bearer",
-                "description": "`Authorization: Bearer <CLAUDE_AUTH_KEY>`, when the bridge "
-                               "has a key."}},
-            "parameters": {"X-Request-ID": {
-                "name": "X-Request-ID", "in": "header", "required": False,
-                "description": "Your id for this request: echoed in the response's "
-                               f"X-Request-ID and kept in its usage row when it is 1 to "
-                               f"{_REQUEST_ID_MAX} of "
-                               "`A-Z a-z 0-9 . _ : / = + -`; otherwise the bridge makes one.",
-                "schema": {"type": "string"}}},
-            "headers": {"X-Request-ID": {
-                "description": "The request's id: the client's X-Request-ID when it was sane, "
-                               "else a new one.",
-                "required": True,
-                "schema": {"type": "string",
-                           "pattern": _SANE_REQUEST_ID.pattern.replace("\\Z", "$")}}},
-            "responses": {
-                "BadRequest": error("Bad JSON, a bad field or parameter (`param` names it), "
-                                    "or a model name that is not valid (code "
-                                    "`model_not_found`)."),
-                "Unauthorized": error("Missing or wrong key (code `invalid_api_key`)."),
-                "Forbidden": error("A Host header that is not a name of this bridge (code "
-                                   "`host_not_allowed`; see ALLOWED_HOSTS), or a request from "
-                                   "a web page whose origin is not listed in CORS_ORIGINS "
-                                   "(code `origin_not_allowed`)."),
-                "UnsupportedMediaType": error("A body not sent as `Content-Type: "
-                                              "application/json` (code "
-                                              "`unsupported_media_type`)."),
-            },
-            "schemas": {
-                "Error": {
-                    "type": "object", "required": ["error"], "additionalProperties": False,
-                    "properties": {"error": {
-                        "type": "object", "additionalProperties": False,
-                        "required": ["message", "type", "param", "code"],
-                        "properties": {
-                            "message": {"type": "string", "minLength": 1},
-                            "type": {"type": "string", "enum": [
-                                "invalid_request_error", "rate_limit_error",
-                                "server_error"]},
-                            "param": nullable("string"),
-                            "code": nullable("string"),
-                        }}}},
-                "CreateChatCompletionRequest": {
-                    "type": "object", "required": ["messages"],
-                    "description": "Fields not listed are ignored. An optional field that is "
-                                   "null counts as absent.",
-                    "properties": {
-                        "model": {
-                            "type": ["string", "null"],
-                            "description": "`claude-code` (the CLI's default model), another "
-                                           "Claude name (`sonnet`, `opus`, "
-                                           "`claude-sonnet-4-5`, ...: letters, digits and "
-                                           "`. _ - : [ ]`, not starting with `-`), or "
-                                           "`ollama/<name>`. Absent: CLAUDE_DEFAULT_MODEL.",
-                            "anyOf": [
-                                {"type": "null"},
-                                {"pattern": "^[A-Za-z0-9._:\\[\\]][A-Za-z0-9._:\\[\\]-]"
-                                            "{0,199}$"},
-                                {"pattern": "^ollama/[\\s\\S]+$"}],
-                            "examples": ["claude-code", "sonnet", "ollama/llama3.2"]},
-                        "messages": {"type": "array", "minItems": 1,
-                                     "items": ref("ChatMessage")},
-                        "stream": nullable("boolean"),
-                        "stream_options": {
-                            "type": ["object", "null"],
-                            "properties": {"include_usage": nullable(
-                                "boolean", description="Send a last chunk with `usage` "
-                                "(and no choices) before `[DONE]`.")}},
-                        "n": nullable("integer", minimum=1, maximum=1,
-                                      description="Only 1 is supported."),
-                        "temperature": nullable("number", minimum=0, maximum=2,
-                                                description="Ollama only; Claude ignores it."),
-                        "top_p": nullable("number", minimum=0, maximum=1,
-                                          description="Ollama only."),
-                        "max_tokens": nullable("integer", minimum=1, maximum=10_000_000,
-                                               description="Ollama only (num_predict)."),
-                        "max_completion_tokens": nullable(
-                            "integer", minimum=1, maximum=10_000_000,
-                            description="Ollama only; wins over max_tokens."),
-                        "stop": {"oneOf": [{"type": "null"}, {"type": "string"},
-                                           {"type": "array", "items": {"type": "string"}}],
-                                 "description": "Ollama only."},
-                        "seed": nullable("integer", minimum=-2 ** 63, maximum=2 ** 63 - 1,
-                                         description="Ollama only."),
-                        "tools": {
-                            "type": ["array", "null"], "items": ref("Tool"),
-                            "description": "Ollama only: passed on as they are. Claude Code "
-                                           "runs its own tools."},
-                        "tool_choice": {
-                            "description": "Accepted and ignored.",
-                            "oneOf": [
-                                {"type": "null"},
-                                {"type": "string", "enum": ["none", "auto", "required"]},
-                                {"type": "object", "required": ["type", "function"],
-                                 "properties": {
-                                     "type": {"const": "function"},
-                                     "function": {"type": "object", "required": ["name"],
-                                                  "properties": {
-                                                      "name": {"type": "string"}}}}}]},
-                        "response_format": {
-                            "description": "Ollama only: json_object -> format \"json\", "
-                                           "json_schema -> format <schema>.",
-                            "oneOf": [
-                                {"type": "null"},
-                                {"type": "object", "required": ["type"],
-                                 "properties": {"type": {"enum": ["text", "json_object"]}}},
-                                {"type": "object", "required": ["type", "json_schema"],
-                                 "properties": {
-                                     "type": {"const": "json_schema"},
-                                     "json_schema": {
-                                         "type": "object", "required": ["name"],
-                                         "properties": {
-                                             "name": {"type": "string"},
-                                             "description": {"type": "string"},
-                                             "strict": nullable("boolean"),
-                                             "schema": {"type": "object"}}}}}]},
-                        "user": {"type": ["string", "null"],
-                                 "description": "Accepted and ignored."},
-                    },
-                },
-                "ChatMessage": {"oneOf": [
-                    {"type": "object", "required": ["role", "content"],
-                     "description": "System and developer messages become Claude Code's "
-                                    "system prompt (appended, or replacing it with "
-                                    "CLAUDE_SYSTEM_PROMPT=replace).",
-                     "properties": {"role": {"enum": ["system", "developer"]},
-                                    "content": content, "name": message_name}},
-                    {"type": "object", "required": ["role", "content"],
-                     "properties": {"role": {"const": "user"}, "content": content,
-                                    "name": message_name}},
-                    {"type": "object", "required": ["role"],
-                     "description": "`content` may be null or absent only with tool_calls.",
-                     "properties": {
-                         "role": {"const": "assistant"},
-                         "content": {"oneOf": [{"type": "null"}, *content["oneOf"]]},
-                         "name": message_name,
-                         "tool_calls": {"type": ["array", "null"],
-                                        "items": ref("MessageToolCall")}},
-                     "anyOf": [
-                         {"required": ["content"],
-                          "properties": {"content": {"type": ["string", "array"]}}},
-                         {"required": ["tool_calls"],
-                          "properties": {"tool_calls": {"type": "array", "minItems": 1}}}]},
-                    {"type": "object", "required": ["role", "content"],
-                     "properties": {
-                         "role": {"const": "tool"}, "content": content,
-                         "tool_call_id": {
-                             "type": "string",
-                             "description": "The id of the assistant tool call it answers."}}},
-                ]},
-                "MessageToolCall": {
-                    "type": "object", "required": ["function"],
-                    "properties": {
-                        "id": {"type": "string"},
-                        "type": {"const": "function"},
-                        "function": {
-                            "type": "object", "required": ["name"],
-                            "properties": {
-                                "name": {"type": "string"},
-                                "arguments": {
-                                    "type": "string", "default": "{}",
-                                    "description": "A JSON object, as a string (Ollama "
-                                                   "refuses anything else with a 400)."}}}}},
-                "Tool": {
-                    "type": "object", "required": ["type", "function"],
-                    "properties": {
-                        "type": {"const": "function"},
-                        "function": {
-                            "type": "object", "required": ["name"],
-                            "properties": {
-                                "name": {"type": "string"},
-                                "description": {"type": "string"},
-                                "parameters": {"type": "object"},
-                                "strict": nullable("boolean")}}}},
-                "ToolCall": {
-                    "type": "object", "additionalProperties": False,
-                    "required": ["id", "type", "function"],
-                    "properties": {
-                        "id": {"type": "string", "pattern": "^call_[0-9a-f]{24}$"},
-                        "type": {"const": "function"},
-                        "function": {
-                            "type": "object", "additionalProperties": False,
-                            "required": ["name", "arguments"],
-                            "properties": {"name": {"type": "string"},
-                                           "arguments": {"type": "string",
-                                                         "contentMediaType":
-                                                             "application/json"}}}}},
-                "ToolCallDelta": {
-                    "type": "object", "additionalProperties": False,
-                    "required": ["index", "id", "type", "function"],
-                    "description": "A whole tool call in one delta, numbered from 0 across "
-                                   "the stream.",
-                    "properties": {
-                        "index": {"type": "integer", "minimum": 0},
-                        "id": {"type": "string", "pattern": "^call_[0-9a-f]{24}$"},
-                        "type": {"const": "function"},
-                        "function": {
-                            "type": "object", "additionalProperties": False,
-                            "required": ["name", "arguments"],
-                            "properties": {"name": {"type": "string"},
-                                           "arguments": {"type": "string"}}}}},
-                "Usage": {
-                    "type": "object", "additionalProperties": False,
-                    "required": ["prompt_tokens", "completion_tokens", "total_tokens",
-                                 "prompt_tokens_details"],
-                    "description": "prompt_tokens = input + cache creation + cache read "
-                                   "tokens; cached_tokens = cache read.",
-                    "properties": {
-                        "prompt_tokens": {"type": "integer", "minimum": 0},
-                        "completion_tokens": {"type": "integer", "minimum": 0},
-                        "total_tokens": {"type": "integer", "minimum": 0},
-                        "prompt_tokens_details": {
-                            "type": "object", "additionalProperties": False,
-                            "required": ["cached_tokens"],
-                            "properties": {"cached_tokens": {"type": "integer",
-                                                             "minimum": 0}}}}},
-                "FinishReason": {"type": "string", "enum": ["stop", "length", "tool_calls"]},
-                "ChatCompletion": {
-                    "type": "object", "additionalProperties": False,
-                    "required": ["id", "object", "created", "model", "system_fingerprint",
-                                 "choices", "usage"],
-                    "properties": {
-                        "id": {"type": "string", "pattern": "^chatcmpl-[0-9a-f]{24}$"},
-                        "object": {"const": "chat.completion"},
-                        "created": {"type": "integer"},
-                        "model": {"type": "string", "description": "As the client named it."},
-                        "system_fingerprint": {"type": "null"},
-                        "choices": {"type": "array", "minItems": 1, "maxItems": 1, "items": {
-                            "type": "object", "additionalProperties": False,
-                            "required": ["index", "message", "logprobs", "finish_reason"],
-                            "properties": {
-                                "index": {"const": 0},
-                                "message": {
-                                    "type": "object", "additionalProperties": False,
-                                    "required": ["role", "content"],
-                                    "properties": {
-                                        "role": {"const": "assistant"},
-                                        "content": nullable(
-                                            "string", description="null only beside "
-                                            "tool_calls with no text."),
-                                        "tool_calls": {"type": "array", "minItems": 1,
-                                                       "items": ref("ToolCall")}}},
-                                "logprobs": {"type": "null"},
-                                "finish_reason": ref("FinishReason")}}},
-                        "usage": ref("Usage"),
-                    }},
-                "ChatCompletionChunk": {
-                    "type": "object", "additionalProperties": False,
-                    "required": ["id", "object", "created", "model", "system_fingerprint",
-                                 "choices"],
-                    "description": "Every chunk of a stream has the same id and created. The "
-                                   "first delta is `{\"role\": \"assistant\", \"content\": "
-                                   "\"\"}`; with include_usage the last chunk has no choices "
-                                   "and the usage.",
-                    "properties": {
-                        "id": {"type": "string", "pattern": "^chatcmpl-[0-9a-f]{24}$"},
-                        "object": {"const": "chat.completion.chunk"},
-                        "created": {"type": "integer"},
-                        "model": {"type": "string"},
-                        "system_fingerprint": {"type": "null"},
-                        "choices": {"type": "array", "maxItems": 1, "items": {
-                            "type": "object", "additionalProperties": False,
-                            "required": ["index", "delta", "logprobs", "finish_reason"],
-                            "properties": {
-                                "index": {"const": 0},
-                                "delta": {
-                                    "type": "object", "additionalProperties": False,
-                                    "properties": {
-                                        "role": {"const": "assistant"},
-                                        "content": {"type": "string"},
-                                        "tool_calls": {"type": "array", "minItems": 1,
-                                                       "items": ref("ToolCallDelta")}}},
-                                "logprobs": {"type": "null"},
-                                "finish_reason": {"oneOf": [{"type": "null"},
-                                                            ref("FinishReason")]}}}},
-                        "usage": ref("Usage"),
-                    }},
-                "ChatCompletionStreamEvent": {
-                    "type": "object", "required": ["data"],
-                    "description": "One Server-Sent Event of a stream (`: keep-alive` comments "
-                                   "come between them while the backend is silent): a "
-                                   "chat.completion.chunk, an error object (the stream failed; "
-                                   "it ends there, without [DONE]), or the closing `[DONE]`.",
-                    "properties": {
-                        "event": {"const": "message"},
-                        "data": {"anyOf": [
-                            {"const": "[DONE]"},
-                            {"type": "string", "contentMediaType": "application/json",
-                             "contentSchema": {"oneOf": [ref("ChatCompletionChunk"),
-                                                         ref("Error")]}}]}}},
-                "Model": {
-                    "type": "object", "additionalProperties": False,
-                    "required": ["id", "object", "created", "owned_by"],
-                    "properties": {
-                        "id": {"type": "string", "examples": ["claude-code",
-                                                              "ollama/llama3.2:latest"]},
-                        "object": {"const": "model"},
-                        "created": {"type": "integer", "description": "Claude models: when "
-                                    "the bridge started; Ollama's: modified_at (0 if unknown)."},
-                        "owned_by": {"type": "string", "enum": ["anthropic", "ollama"]}}},
-                "ModelList": {
-                    "type": "object", "additionalProperties": False,
-                    "required": ["object", "data"],
-                    "properties": {"object": {"const": "list"},
-                                   "data": {"type": "array", "items": ref("Model")}}},
-                "UsageSummary": {
-                    "type": "object", "additionalProperties": False,
-                    "required": ["model", "provider", "requests", "errors", "prompt_tokens",
-                                 "completion_tokens", "total_tokens", "avg_duration_ms",
-                                 "cached_tokens", "cost_usd"],
-                    "properties": {
-                        "model": nullable("string", description="null only for rows migrated "
-                                          "without one."),
-                        "provider": nullable("string"),
-                        "requests": {"type": "integer", "minimum": 1},
-                        "errors": {"type": "integer", "minimum": 0,
-                                   "description": "Requests whose outcome was not ok."},
-                        "prompt_tokens": {"type": "integer", "minimum": 0},
-                        "completion_tokens": {"type": "integer", "minimum": 0},
-                        "total_tokens": {"type": "integer", "minimum": 0},
-                        "avg_duration_ms": {"type": "number", "minimum": 0},
-                        "cached_tokens": {"type": "integer", "minimum": 0},
-                        "cost_usd": {"type": "number", "minimum": 0}}},
-                "UsageRow": {
-                    "type": "object", "additionalProperties": False,
-                    "required": ["id", "ts", "request_id", "x_request_id", "model", "provider",
-                                 "session_id", "stream", "outcome", "status", "error",
-                                 "prompt_tokens", "completion_tokens", "total_tokens",
-                                 "cached_tokens", "cost_usd", "duration_ms", "ttft_ms"],
-                    "description": "One request. Rows migrated from the Go bridge have null "
-                                   "request_id, status and session fields.",
-                    "properties": {
-                        "id": {"type": "integer"},
-                        "ts": {"type": "string", "format": "date-time",
-                               "description": "UTC, with milliseconds."},
-                        "request_id": nullable("string", description="The completion's id "
-                                               "(chatcmpl-...)."),
-                        "x_request_id": nullable("string", description="The request's "
-                                                 "X-Request-ID."),
-                        "model": nullable("string"),
-                        "provider": nullable("string", examples=["claude", "ollama"]),
-                        "session_id": nullable("string"),
-                        "stream": {"type": "boolean"},
-                        "outcome": {"type": "string", "enum": ["ok", "error", "cancelled"]},
-                        "status": nullable("integer", description="HTTP status; 499 = the "
-                                           "client went away."),
-                        "error": nullable("string", maxLength=500),
-                        "prompt_tokens": {"type": "integer", "minimum": 0},
-                        "completion_tokens": {"type": "integer", "minimum": 0},
-                        "total_tokens": {"type": "integer", "minimum": 0},
-                        "cached_tokens": {"type": "integer", "minimum": 0},
-                        "cost_usd": {"type": "number", "minimum": 0},
-                        "duration_ms": nullable("integer", minimum=0),
-                        "ttft_ms": nullable("integer", minimum=0,
-                                            description="Time to the first token; null when "
-                                                        "none came.")}},
-                "UsageBucket": {
-                    "type": "object", "additionalProperties": False,
-                    "required": ["bucket", "requests", "errors", "prompt_tokens",
-                                 "completion_tokens", "total_tokens", "cost_usd"],
-                    "properties": {
-                        "bucket": {"type": "string", "format": "date-time",
-                                   "description": "Start of the minute, hour or day (UTC)."},
-                        "requests": {"type": "integer", "minimum": 0},
-                        "errors": {"type": "integer", "minimum": 0},
-                        "prompt_tokens": {"type": "integer", "minimum": 0},
-                        "completion_tokens": {"type": "integer", "minimum": 0},
-                        "total_tokens": {"type": "integer", "minimum": 0},
-                        "cost_usd": {"type": "number", "minimum": 0}}},
-                "Health": {
-                    "type": "object", "additionalProperties": False,
-                    "required": ["status", "version", "backends", "database"],
-                    "properties": {
-                        "status": {"type": "string", "enum": ["ok", "degraded"],
-                                   "description": "ok: the database works and at least one "
-                                                  "backend is usable."},
-                        "version": {"type": "string"},
-                        "backends": {
-                            "type": "object", "required": list(providers),
-                            # A registered backend's own: at least "ok".
-                            "additionalProperties": {
-                                "type": "object", "required": ["ok"],
-                                "properties": {"ok": {"type": "boolean"}}},
-                            "properties": {
-                                "claude": {
-                                    "type": "object", "additionalProperties": False,
-                                    "required": ["ok", "binary", "version", "error"],
-                                    "properties": {"ok": {"type": "boolean"},
-                                                   "binary": nullable("string"),
-                                                   "version": nullable("string"),
-                                                   "error": nullable("string")}},
-                                "ollama": {
-                                    "type": "object", "additionalProperties": False,
-                                    "required": ["ok", "url", "version", "error"],
-                                    "properties": {"ok": {"type": "boolean"},
-                                                   "url": {"type": "string"},
-                                                   "version": nullable("string"),
-                                                   "error": nullable("string")}}}},
-                        "database": {
-                            "type": "object", "additionalProperties": False,
-                            "required": ["path", "ok", "error"],
-                            "properties": {"path": {"type": "string"},
-                                           "ok": {"type": "boolean"},
-                                           "error": nullable("string")}}}},
-            },
-        },
-    }
-    for path, item in document["paths"].items():
-        for method, operation in item.items():
-            # Refused before any route: a foreign Host or web page, and bodies not JSON.
-            operation["responses"]["403"] = {"$ref": "#/components/responses/Forbidden"}
-            if method == "post":
-                operation["responses"]["415"] = {
-                    "$ref": "#/components/responses/UnsupportedMediaType"}
-    return document
-
-
 # ----------------------------------------------------------------------------------------
 # Server and main()
 # ----------------------------------------------------------------------------------------
@@ -4727,6 +4025,501 @@ def main(argv=None):
     serve(server, stop, settings.shutdown_timeout, hurry)
     _LOG.info("stopped")
     return 0
+
+
+
+# ----------------------------------------------------------------------------------------
+# OpenAPI description
+# ----------------------------------------------------------------------------------------
+# Built afresh on each call, so no two documents share a dict. Clients diff the JSON: the
+# builders keep its key order, so mind where a new field goes.
+
+def _oa_ref(name, kind="schemas"):
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def _oa_nullable(type_name, **extra):
+    return {"type": [type_name, "null"], **extra}
+
+
+def _oa_pattern(regex):
+    # ECMA 262 (JSON Schema's regexes) has no \Z; its $ (no m flag) means the same.
+    return regex.pattern.replace("\\Z", "$")
+
+
+def _oa_sums(*names):
+    """Totals, never negative: dollars and averages are numbers, the rest counts."""
+    return {name: {"type": "number" if name in ("cost_usd", "avg_duration_ms") else "integer",
+                   "minimum": 0} for name in names}
+
+
+def _oa_type(schema):
+    """A schema; a bare type name is short for {"type": name}, "name?" for it or null."""
+    if not isinstance(schema, str):
+        return schema
+    return _oa_nullable(schema[:-1]) if schema.endswith("?") else {"type": schema}
+
+
+def _oa_object(required, properties, description=None, **extra):
+    """An object clients send: fields beyond `properties` pass (and are ignored)."""
+    described = {"description": description} if description else {}
+    return {"type": "object", "required": required, **described,
+            "properties": {key: _oa_type(value) for key, value in properties.items()},
+            **extra}
+
+
+def _oa_record(properties, description=None, required=None):
+    """An object the bridge writes: exactly `properties`, all of them unless `required`."""
+    described = {"description": description} if description else {}
+    return {"type": "object", "additionalProperties": False,
+            "required": list(properties) if required is None else required, **described,
+            "properties": {key: _oa_type(value) for key, value in properties.items()}}
+
+
+def _oa_response(description, schema, media=_JSON, **headers):
+    return {"description": description,
+            "headers": {"X-Request-ID": _oa_ref("X-Request-ID", "headers"), **headers},
+            "content": {media: {"schema": schema}}}
+
+
+def _oa_error(description, retry_after=None):
+    """An error object; `retry_after` describes the Retry-After header it may carry."""
+    return _oa_response(description, _oa_ref("Error"),
+                        **({"Retry-After": retry_after} if retry_after else {}))
+
+
+def _oa_operation(operation_id, tag, summary, responses, description=None, parameters=None,
+                  public=False, body=None):
+    """{method: the operation}: only POST routes take a body; `public` ones need no key."""
+    optional = {"description": description, "parameters": parameters,
+                "security": [] if public else None, "requestBody": body}
+    # Refused before any route: a foreign Host or web page, and POST bodies not JSON.
+    refused = {"403": _oa_ref("Forbidden", "responses")}
+    if body:
+        refused["415"] = _oa_ref("UnsupportedMediaType", "responses")
+    return {"post" if body else "get": {
+        "operationId": operation_id, "tags": [tag], "summary": summary,
+        **{key: value for key, value in optional.items() if value is not None},
+        "responses": {**responses, **refused}}}
+
+
+def openapi_document(version, providers=("ollama", "claude")):
+    """The OpenAPI 3.1 description of the bridge's routes, as bridge.py answers them."""
+    about = ("Models named `ollama/<name>` go to Ollama; every other model name runs the "
+             "`claude` CLI. Every chat request is logged to SQLite and can be read back "
+             "through the usage API. Errors are OpenAI error objects. Every response carries "
+             "an `X-Request-ID` header. When `CLAUDE_AUTH_KEY` is set, every route except "
+             "/health, /dashboard and /openapi.json needs `Authorization: Bearer <key>` (a "
+             "401 otherwise); an unknown route is a 404 and a wrong method a 405, both as "
+             "error objects. Before any route, a `Host` that is not a name of the bridge, or "
+             "a request from a web page whose origin is not in CORS_ORIGINS, is a 403, and a "
+             f"body not sent as `{_JSON}` a 415.")
+    request_id = ("Your id for this request: echoed in the response's X-Request-ID and kept "
+                  f"in its usage row when it is 1 to {_REQUEST_ID_MAX} of `A-Z a-z 0-9 . _ : / "
+                  "= + -`; otherwise the bridge makes one.")
+    error = _oa_record({"message": {"type": "string", "minLength": 1},
+                        "type": {"type": "string", "enum": [
+                            InvalidRequest.type, RateLimited.type, BridgeError.type]},
+                        "param": "string?", "code": "string?"})
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "claude-bridge", "version": version,
+                 "summary": "An OpenAI-compatible API over the Claude Code CLI and a local "
+                            "Ollama.", "description": about,
+                 "license": {"name": "MIT", "identifier": "MIT"}},
+        "security": [{"bearerAuth": []}],
+        "paths": {**_oa_chat_path(), **_oa_other_paths(providers)},
+        "components": {
+            "securitySchemes": {"bearerAuth": {
+                "type": "http", "scheme": "bearer", "description":
+                    "`Authorization: Bearer <CLAUDE_AUTH_KEY>`, when the bridge has a key."}},
+            "parameters": {"X-Request-ID": {
+                "name": "X-Request-ID", "in": "header", "required": False,
+                "description": request_id, "schema": {"type": "string"}}},
+            "headers": {"X-Request-ID": {
+                "description": "The request's id: the client's X-Request-ID when it was "
+                               "sane, else a new one.", "required": True,
+                "schema": {"type": "string", "pattern": _oa_pattern(_SANE_REQUEST_ID)}}},
+            "responses": {
+                "BadRequest": _oa_error("Bad JSON, a bad field or parameter (`param` names "
+                                        "it), or a model name that is not valid (code "
+                                        "`model_not_found`)."),
+                "Unauthorized": _oa_error(
+                    f"Missing or wrong key (code `{Unauthorized.code}`)."),
+                "Forbidden": _oa_error("A Host header that is not a name of this bridge "
+                                       "(code `host_not_allowed`; see ALLOWED_HOSTS), or a "
+                                       "request from a web page whose origin is not listed "
+                                       "in CORS_ORIGINS (code `origin_not_allowed`)."),
+                "UnsupportedMediaType": _oa_error(
+                    f"A body not sent as `Content-Type: {_JSON}` (code "
+                    f"`{UnsupportedMediaType.code}`).")},
+            "schemas": {
+                "Error": {"type": "object", "required": ["error"],
+                          "additionalProperties": False, "properties": {"error": error}},
+                "CreateChatCompletionRequest": _oa_chat_request(), **_oa_message_schemas(),
+                **_oa_reply_schemas(), **_oa_service_schemas(providers)},
+        },
+    }
+
+
+def _oa_chat_path():
+    retry_after = {"description": "Seconds to wait before trying again.",
+                   "schema": {"type": "string", "pattern": "^[0-9]+$"}}
+    reply = _oa_response("The reply: a chat.completion object, or with `stream: true` a stream "
+                         "of chat.completion.chunk events ending with `data: [DONE]`.",
+                         _oa_ref("ChatCompletion"))
+    reply["content"]["text/event-stream"] = {"schema": _oa_ref("ChatCompletionStreamEvent")}
+    session = {"name": "X-Session-ID", "in": "header", "required": False, "description":
+               "Keep the conversation on the bridge's side (Claude's session store, or memory "
+               "for Ollama): later turns send only their new messages. 1 to "
+               f"{_SESSION_ID_MAX} printable characters.",
+               "schema": {"type": "string", "minLength": 1, "maxLength": _SESSION_ID_MAX,
+                          "pattern": "^[!-~]([ -~]*[!-~])?$"}}
+    body = {"required": True, "content": {_JSON: {
+        "schema": _oa_ref("CreateChatCompletionRequest"), "examples": _oa_chat_examples()}}}
+    return {"/v1/chat/completions": _oa_operation(
+        "createChatCompletion", "chat",
+        "Create a chat completion (JSON, or Server-Sent Events with `stream: true`).", {
+            "200": reply, "400": _oa_ref("BadRequest", "responses"),
+            "401": _oa_ref("Unauthorized", "responses"),
+            "404": _oa_error("An `ollama/<name>` model Ollama does not have (code "
+                             "`model_not_found`)."),
+            "413": _oa_error("The body is larger than MAX_BODY_MB (code "
+                             f"`{PayloadTooLarge.code}`)."),
+            "429": _oa_error("No free Claude slot within CLAUDE_QUEUE_TIMEOUT, or another turn "
+                             "of the same session is still running.",
+                             {**retry_after, "required": True}),
+            "502": _oa_error("The backend failed: the CLI's own message, Ollama unreachable "
+                             "(code `backend_unreachable`) or Ollama's error."),
+            "503": _oa_error("The CLI is not installed (code `claude_not_found`), or Ollama is "
+                             "busy (code `backend_busy`, with Retry-After).", retry_after),
+            "504": _oa_error("CLAUDE_TIMEOUT, CLAUDE_IDLE_TIMEOUT or OLLAMA_TIMEOUT passed "
+                             f"(code `{BackendTimeout.code}`).")},
+        description="Every request whose body is a JSON object is one row in the usage log, "
+                    "refused ones included. A stream that fails after it began sends one "
+                    "`data: {\"error\": {...}}` event and ends without `[DONE]`.",
+        parameters=[session, _oa_ref("X-Request-ID", "parameters")], body=body)}
+
+
+def _oa_chat_examples():
+    def example(summary, model, messages, **fields):
+        return {"summary": summary, "value": {"model": model, **fields, "messages": messages}}
+
+    def user(content):
+        return {"role": "user", "content": content}
+
+    image = {"url": "data:image/png;base64,iVBORw0KGgo="}
+    weather = {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}
+    asked = {"id": "call_1", "type": "function", "function": {
+        "name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}
+    return {
+        "claude": example("Claude, one JSON reply", "claude-code", [
+            {"role": "system", "content": "Be brief."}, user("What is a bridge?")]),
+        "claude-stream": example("Claude, streamed, with usage", "sonnet", [
+            user("Write a haiku")], stream=True, stream_options={"include_usage": True}),
+        "ollama-image": example("Ollama, text and an image", "ollama/llama3.2", [user([
+            {"type": "text", "text": "What is in this picture?"},
+            {"type": "image_url", "image_url": image}])], max_tokens=200, temperature=0.2),
+        "ollama-tool-result": example("Ollama, a tool's result sent back", "ollama/llama3.2", [
+            user("Weather in Paris?"),
+            {"role": "assistant", "content": None, "tool_calls": [asked]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "18 C, sunny"},
+        ], stream=True, tools=[{"type": "function", "function": weather}]),
+    }
+
+
+def _oa_other_paths(providers):
+    unauthorized = {"401": _oa_ref("Unauthorized", "responses")}
+    usage_errors = {"400": _oa_ref("BadRequest", "responses"), **unauthorized}
+    string = {"type": "string"}
+    when = {"type": "string", "examples": ["24h", "2026-11-25T10:00:00Z"]}
+
+    def query(name, schema, description):
+        return {"name": name, "in": "query", "required": False, "schema": schema,
+                "description": description}
+
+    def listing(description, name):
+        return _oa_response(description, {"type": "array", "items": _oa_ref(name)})
+
+    since = query("since", when, "Start of the window (inclusive): ISO 8601 "
+                  "(`2026-11-25T10:00:00Z`, no zone = UTC) or a time ago (`30m`, `24h`, `7d`, "
+                  f"`2w`; units {', '.join(_UNIT_SECONDS)}). Empty = open. A bad value is a "
+                  "400 naming it.")
+    until = query("until", when, "End of the window (exclusive), as `since`; must be after "
+                  "`since`.")
+    provider = query("provider", {"type": "string", "enum": list(providers)},
+                     "Only this provider.")
+    model = query("model", string, "Only this model, as clients named it.")
+    limit = query("limit", {"type": "integer", "minimum": 1, "maximum": _RECENT_MAX,
+                            "default": 50}, f"How many rows, 1 to {_RECENT_MAX}.")
+    bucket = query("bucket", {"type": "string", "enum": list(UsageStore.BUCKETS),
+                              "default": "hour"}, "Bucket size; `minute` needs `since` within "
+                   "2 days of `until` (or of now).")
+    return {
+        "/": _oa_operation(
+            "getIndex", "service",
+            "What this is and where to go: the API, the dashboard, this description.",
+            {"200": _oa_response("Links.", _oa_record({
+                "name": {"const": "claude-bridge"}, "version": "string", "message": "string",
+                "links": {"type": "object", "additionalProperties": string}})),
+             **unauthorized}),
+        "/v1/models": _oa_operation(
+            "listModels", "models", "The Claude models (claude-code, "
+            f"{', '.join(ClaudeBackend.aliases)} and the default) then Ollama's as "
+            "`ollama/<name>`.",
+            {"200": _oa_response("The models.", _oa_ref("ModelList")), **unauthorized}),
+        "/v1/usage": _oa_operation(
+            "getUsage", "usage", "Totals per model and provider, busiest first.",
+            {"200": listing("Totals.", "UsageSummary"), **usage_errors},
+            parameters=[since, until, provider, model]),
+        "/v1/usage/recent": _oa_operation(
+            "getRecentUsage", "usage", "The latest usage rows, newest first.",
+            {"200": listing("Rows.", "UsageRow"), **usage_errors}, parameters=[limit, since]),
+        "/v1/usage/timeseries": _oa_operation(
+            "getUsageTimeseries", "usage",
+            "Sums per minute, hour or day, oldest first (only buckets with requests).",
+            {"200": listing("Buckets.", "UsageBucket"), **usage_errors},
+            parameters=[bucket, since, until, provider, model]),
+        "/health": _oa_operation(
+            "getHealth", "service", "Whether the bridge can serve; never needs a key.",
+            {"200": _oa_response("The state (also when degraded).", {"oneOf": [
+                _oa_ref("Health"),
+                _oa_record({"status": {"type": "string", "enum": ["ok", "degraded"]}})]})},
+            description="Without the key (when CLAUDE_AUTH_KEY is set) only `status`; with "
+                        "it, the backends' and database's details too. Runs `claude --version` "
+                        "(cached for a minute) and asks Ollama for its version (cached for "
+                        f"{_HEALTH_SECONDS} s); never a chat.", public=True),
+        "/dashboard": _oa_operation(
+            "getDashboard", "service",
+            "The usage dashboard, a self-contained page (it asks for the key itself).",
+            {"200": _oa_response("The page.", string, "text/html"),
+             "404": _oa_error("dashboard.html is not installed beside bridge.py.")},
+            public=True),
+        "/metrics": _oa_operation(
+            "getMetrics", "service", "Prometheus metrics (text exposition format 0.0.4).",
+            {"200": _oa_response("Counters, histograms and gauges.", string, "text/plain"),
+             **unauthorized},
+            description="Needs the key like the API, unless METRICS_LOOPBACK_OPEN is set and "
+                        "the scraper is on this machine."),
+        "/openapi.json": _oa_operation(
+            "getOpenAPI", "service", "This description.", {"200": _oa_response(
+                "The OpenAPI 3.1 document.",
+                {"type": "object", "required": ["openapi", "info", "paths"]})}, public=True),
+    }
+
+
+def _oa_chat_request():
+    """What parse_chat_request and _chat_params accept."""
+    nullable, string = _oa_nullable, {"type": "string"}
+    many = {"minimum": 1, "maximum": 10_000_000}
+    named = _oa_object(["name"], {"name": "string"})
+    json_schema = _oa_object(["name"], {"name": "string", "description": "string",
+                                        "strict": "boolean?", "schema": "object"})
+    return _oa_object(["messages"], {
+        "model": nullable(
+            "string", description="`claude-code` (the CLI's default model), another Claude "
+            "name (`sonnet`, `opus`, `claude-sonnet-4-5`, ...: letters, digits and `. _ - : "
+            "[ ]`, not starting with `-`), or `ollama/<name>`. Absent: CLAUDE_DEFAULT_MODEL.",
+            anyOf=[{"type": "null"}, {"pattern": _oa_pattern(_MODEL_NAME)},
+                   {"pattern": "^ollama/[\\s\\S]+$"}],
+            examples=["claude-code", "sonnet", "ollama/llama3.2"]),
+        "messages": {"type": "array", "minItems": 1, "items": _oa_ref("ChatMessage")},
+        "stream": "boolean?", "stream_options": {"type": ["object", "null"], "properties": {
+            "include_usage": nullable("boolean", description="Send a last chunk with `usage` "
+                                      "(and no choices) before `[DONE]`.")}},
+        "n": nullable("integer", minimum=1, maximum=1, description="Only 1 is supported."),
+        "temperature": nullable("number", minimum=0, maximum=2,
+                                description="Ollama only; Claude ignores it."),
+        "top_p": nullable("number", minimum=0, maximum=1, description="Ollama only."),
+        "max_tokens": nullable("integer", **many, description="Ollama only (num_predict)."),
+        "max_completion_tokens": nullable("integer", **many,
+                                          description="Ollama only; wins over max_tokens."),
+        "stop": {"oneOf": [{"type": "null"}, string, {"type": "array", "items": string}],
+                 "description": "Ollama only."},
+        "seed": nullable("integer", minimum=-2 ** 63, maximum=2 ** 63 - 1,
+                         description="Ollama only."),
+        "tools": nullable("array", items=_oa_ref("Tool"), description="Ollama only: passed on "
+                          "as they are. Claude Code runs its own tools."),
+        "tool_choice": {"description": "Accepted and ignored.", "oneOf": [
+            {"type": "null"}, {"type": "string", "enum": ["none", "auto", "required"]},
+            _oa_object(["type", "function"], {"type": {"const": "function"},
+                                              "function": named})]},
+        "response_format": {
+            "description": "Ollama only: json_object -> format \"json\", json_schema -> "
+                           "format <schema>.",
+            "oneOf": [{"type": "null"},
+                      _oa_object(["type"], {"type": {"enum": ["text", "json_object"]}}),
+                      _oa_object(["type", "json_schema"], {"type": {"const": "json_schema"},
+                                                           "json_schema": json_schema})]},
+        "user": nullable("string", description="Accepted and ignored."),
+    }, "Fields not listed are ignored. An optional field that is null counts as absent.")
+
+
+def _oa_message_schemas():
+    function = {"const": "function"}
+    name = {"type": "string", "description": "Accepted and ignored."}
+    url = {"type": "string", "pattern": "^(data:image/[A-Za-z0-9.+-]+;base64,|https?://)",
+           "examples": ["data:image/png;base64,iVBORw0KGgo="]}
+    image = _oa_object(["type", "image_url"], {"type": {"const": "image_url"}, "image_url": {
+        "description": "Claude takes `data:image/...;base64,...` and http(s) URLs; Ollama "
+                       "only data URLs (an http(s) URL is a 400). The bare URL string is "
+                       "accepted too.",
+        "oneOf": [_oa_object(["url"], {"url": url, "detail": {
+            "type": "string", "enum": ["auto", "low", "high"]}}), url]}})
+    text = _oa_object(["type", "text"], {"type": {"const": "text"}, "text": "string"})
+    content = {"oneOf": [{"type": "string"}, {"type": "array", "items": {
+        "oneOf": [text, image]}}], "description": "Text, or content parts (text and "
+               "images); the texts of the parts are joined with newlines."}
+    # A role added to _ROLES fails here, until it has its variant below.
+    system, developer, user, assistant, tool = _ROLES
+    return {
+        "ChatMessage": {"oneOf": [
+            _oa_object(["role", "content"], {
+                "role": {"enum": [system, developer]}, "content": content, "name": name},
+                "System and developer messages become Claude Code's system prompt "
+                "(appended, or replacing it with CLAUDE_SYSTEM_PROMPT=replace)."),
+            _oa_object(["role", "content"],
+                       {"role": {"const": user}, "content": content, "name": name}),
+            _oa_object(["role"], {
+                "role": {"const": assistant},
+                "content": {"oneOf": [{"type": "null"}, *content["oneOf"]]}, "name": name,
+                "tool_calls": _oa_nullable("array", items=_oa_ref("MessageToolCall"))},
+                "`content` may be null or absent only with tool_calls.", anyOf=[
+                    {"required": ["content"],
+                     "properties": {"content": {"type": ["string", "array"]}}},
+                    {"required": ["tool_calls"],
+                     "properties": {"tool_calls": {"type": "array", "minItems": 1}}}]),
+            _oa_object(["role", "content"], {
+                "role": {"const": tool}, "content": content, "tool_call_id": {
+                    "type": "string",
+                    "description": "The id of the assistant tool call it answers."}})]},
+        "MessageToolCall": _oa_object(["function"], {
+            "id": "string", "type": function, "function": _oa_object(["name"], {
+                "name": "string", "arguments": {
+                    "type": "string", "default": "{}", "description": "A JSON object, as a "
+                    "string (Ollama refuses anything else with a 400)."}})}),
+        "Tool": _oa_object(["type", "function"], {"type": function, "function": _oa_object(
+            ["name"], {"name": "string", "description": "string", "parameters": "object",
+                       "strict": "boolean?"})}),
+    }
+
+
+def _oa_reply_schemas():
+    """What _complete and _stream answer."""
+    function, null = {"const": "function"}, {"type": "null"}
+    tokens = ("prompt_tokens", "completion_tokens", "total_tokens")
+    call_id = {"type": "string", "pattern": "^call_[0-9a-f]{24}$"}
+    completion_id = {"type": "string", "pattern": "^chatcmpl-[0-9a-f]{24}$"}
+    message = _oa_record({
+        "role": {"const": "assistant"},
+        "content": _oa_nullable("string", description="null only beside tool_calls with no "
+                                "text."),
+        "tool_calls": {"type": "array", "minItems": 1, "items": _oa_ref("ToolCall")}},
+        required=["role", "content"])
+    delta = {"type": "object", "additionalProperties": False, "properties": {
+        "role": {"const": "assistant"}, "content": {"type": "string"},
+        "tool_calls": {"type": "array", "minItems": 1, "items": _oa_ref("ToolCallDelta")}}}
+    return {
+        "ToolCall": _oa_record({"id": call_id, "type": function, "function": _oa_record({
+            "name": "string", "arguments": {"type": "string", "contentMediaType": _JSON}})}),
+        "ToolCallDelta": _oa_record({
+            "index": {"type": "integer", "minimum": 0}, "id": call_id, "type": function,
+            "function": _oa_record({"name": "string", "arguments": "string"})},
+            "A whole tool call in one delta, numbered from 0 across the stream."),
+        "Usage": _oa_record({**_oa_sums(*tokens),
+                             "prompt_tokens_details": _oa_record(_oa_sums("cached_tokens"))},
+                            "prompt_tokens = input + cache creation + cache read tokens; "
+                            "cached_tokens = cache read."),
+        "FinishReason": {"type": "string", "enum": ["stop", "length", "tool_calls"]},
+        "ChatCompletion": _oa_record({
+            "id": completion_id, "object": {"const": "chat.completion"}, "created": "integer",
+            "model": {"type": "string", "description": "As the client named it."},
+            "system_fingerprint": null,
+            "choices": {"type": "array", "minItems": 1, "maxItems": 1, "items": _oa_record({
+                "index": {"const": 0}, "message": message, "logprobs": null,
+                "finish_reason": _oa_ref("FinishReason")})},
+            "usage": _oa_ref("Usage")}),
+        "ChatCompletionChunk": _oa_record({
+            "id": completion_id, "object": {"const": "chat.completion.chunk"},
+            "created": "integer", "model": "string", "system_fingerprint": null,
+            "choices": {"type": "array", "maxItems": 1, "items": _oa_record({
+                "index": {"const": 0}, "delta": delta, "logprobs": null,
+                "finish_reason": {"oneOf": [null, _oa_ref("FinishReason")]}})},
+            "usage": _oa_ref("Usage")},
+            "Every chunk of a stream has the same id and created. The first delta is "
+            "`{\"role\": \"assistant\", \"content\": \"\"}`; with include_usage the last "
+            "chunk has no choices and the usage.",
+            required=["id", "object", "created", "model", "system_fingerprint", "choices"]),
+        "ChatCompletionStreamEvent": _oa_object(["data"], {
+            "event": {"const": "message"}, "data": {"anyOf": [{"const": "[DONE]"}, {
+                "type": "string", "contentMediaType": _JSON, "contentSchema": {
+                    "oneOf": [_oa_ref("ChatCompletionChunk"), _oa_ref("Error")]}}]}},
+            "One Server-Sent Event of a stream (`: keep-alive` comments come between them "
+            "while the backend is silent): a chat.completion.chunk, an error object (the "
+            "stream failed; it ends there, without [DONE]), or the closing `[DONE]`."),
+    }
+
+
+def _oa_service_schemas(providers):
+    """What the models, usage and health routes answer."""
+    nullable = _oa_nullable
+    tokens = ("prompt_tokens", "completion_tokens", "total_tokens")
+    row = {
+        "id": "integer",
+        "ts": {"type": "string", "format": "date-time", "description": "UTC, with "
+               "milliseconds."},
+        "request_id": nullable("string", description="The completion's id (chatcmpl-...)."),
+        "x_request_id": nullable("string", description="The request's X-Request-ID."),
+        "model": "string?", "provider": nullable("string", examples=["claude", "ollama"]),
+        "session_id": "string?", "stream": "boolean",
+        "outcome": {"type": "string", "enum": ["ok", "error", "cancelled"]},
+        "status": nullable("integer", description="HTTP status; 499 = the client went away."),
+        "error": nullable("string", maxLength=500),
+        **_oa_sums(*tokens, "cached_tokens", "cost_usd"),
+        "duration_ms": nullable("integer", minimum=0),
+        "ttft_ms": nullable("integer", minimum=0,
+                            description="Time to the first token; null when none came.")}
+    return {
+        "Model": _oa_record({
+            "id": {"type": "string", "examples": ["claude-code", "ollama/llama3.2:latest"]},
+            "object": {"const": "model"}, "created": {"type": "integer", "description":
+                "Claude models: when the bridge started; Ollama's: modified_at (0 if "
+                "unknown)."},
+            "owned_by": {"type": "string", "enum": ["anthropic", "ollama"]}}),
+        "ModelList": _oa_record({"object": {"const": "list"},
+                                 "data": {"type": "array", "items": _oa_ref("Model")}}),
+        "UsageSummary": _oa_record({
+            "model": nullable("string", description="null only for rows migrated without "
+                              "one."), "provider": "string?",
+            "requests": {"type": "integer", "minimum": 1},
+            "errors": {"type": "integer", "minimum": 0,
+                       "description": "Requests whose outcome was not ok."},
+            **_oa_sums(*tokens, "avg_duration_ms", "cached_tokens", "cost_usd")}),
+        # In UsageStore.recent's column order: a column added there is a KeyError here
+        # until it is described.
+        "UsageRow": _oa_record(
+            {column: row[column] for column in UsageStore._RECENT}, "One request. Rows "
+            "migrated from the Go bridge have null request_id, status and session fields."),
+        "UsageBucket": _oa_record({
+            "bucket": {"type": "string", "format": "date-time",
+                       "description": "Start of the minute, hour or day (UTC)."},
+            **_oa_sums("requests", "errors", *tokens, "cost_usd")}),
+        "Health": _oa_record({
+            "status": {"type": "string", "enum": ["ok", "degraded"], "description":
+                       "ok: the database works and at least one backend is usable."},
+            "version": "string",
+            "backends": {
+                "type": "object", "required": list(providers),
+                # A registered backend's own: at least "ok".
+                "additionalProperties": _oa_object(["ok"], {"ok": "boolean"}),
+                "properties": {
+                    "claude": _oa_record({"ok": "boolean", "binary": "string?",
+                                          "version": "string?", "error": "string?"}),
+                    "ollama": _oa_record({"ok": "boolean", "url": "string",
+                                          "version": "string?", "error": "string?"})}},
+            "database": _oa_record({"path": "string", "ok": "boolean", "error": "string?"})}),
+    }
 
 
 if __name__ == "__main__":
