@@ -30,7 +30,10 @@ if os.environ.get("CI"):
 else:
     schemathesis = pytest.importorskip("schemathesis")
 
-from schemathesis.core.failures import AcceptedNegativeData, FailureGroup  # noqa: E402
+from schemathesis.core.failures import (  # noqa: E402
+    AcceptedNegativeData, FailureGroup, as_reported_failure)
+from schemathesis.core.result import Err  # noqa: E402
+from schemathesis.pytest.lazy import get_all_tests  # noqa: E402
 from schemathesis.specs.openapi import checks as openapi_checks  # noqa: E402
 
 import bridge  # noqa: E402
@@ -106,11 +109,6 @@ def load_schema(br):
 
 
 @pytest.fixture
-def api_schema(live):
-    return load_schema(live)
-
-
-@pytest.fixture
 def seen():
     """(operation, status, content type) -> responses; checks the run reached them."""
     counts = collections.Counter()
@@ -130,25 +128,39 @@ def seen():
         assert key in got, f"the run never saw {key}: {sorted(got)}"
 
 
-# schemathesis 4.32 reads and writes pytest's private Node._nodeid to label each
-# operation's subtest; pytest 9.2 dropped it (Node.nodeid reads Node._id). Give it back
-# there as a read-only view (the labels then stay plain); older pytests are left alone.
-import _pytest.nodes  # noqa: E402
-
-if "_nodeid" not in _pytest.nodes.Node.__init__.__code__.co_names \
-        and not hasattr(_pytest.nodes.Node, "_nodeid"):
-    _pytest.nodes.Node._nodeid = property(lambda self: self.nodeid, lambda self, value: None)
-
-schema = schemathesis.pytest.from_fixture("api_schema")
-
-
 # Framing headers belong to the HTTP client: a generated `Content-Length: tUVB` tests
 # waitress's parser (a plain 400 before any route), not the bridge.
 FRAMING_HEADERS = {"content-length", "transfer-encoding", "host", "connection", "expect"}
 
 
-@schema.parametrize()
-def test_bridge_conforms_to_its_openapi_description(case, seen):
+def test_bridge_conforms_to_its_openapi_description(live, seen):
+    """Each operation in turn: its examples, its coverage cases, then MAX_EXAMPLES generated
+    requests. get_all_tests builds for each operation the hypothesis test that
+    `@schema.parametrize()` runs (same phases, same per-operation seed); running them here,
+    not under `schemathesis.pytest.from_fixture`, leaves pytest's nodes alone (that wrapper
+    rewrites the private Node._nodeid to label each operation). Every operation runs; the
+    failures are raised together, each noted with its operation."""
+    failed = []
+    for built in get_all_tests(schema=load_schema(live), test_func=check_case,
+                               settings=None, given_kwargs={}):
+        if isinstance(built, Err):  # an operation schemathesis cannot read
+            failed.append(built.err())
+            continue
+        operation, run = built.ok()
+        try:
+            run(seen=seen)
+        except FailureGroup as group:
+            failed.append(as_reported_failure(group))
+            failed[-1].add_note(f"operation: {operation.label}")
+        except Exception as exc:
+            exc.add_note(f"operation: {operation.label}")
+            failed.append(exc)
+    if failed:
+        raise ExceptionGroup(f"{len(failed)} operation(s) failed", failed)
+
+
+def check_case(case, seen):
+    """One request and its response against CHECKS (schemathesis's `case` argument)."""
     if case.headers:
         for name in [n for n in case.headers if n.lower() in FRAMING_HEADERS]:
             del case.headers[name]
