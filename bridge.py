@@ -12,6 +12,7 @@ import collections
 import dataclasses
 import datetime
 import functools
+import hashlib
 import hmac
 import json
 import logging
@@ -131,6 +132,24 @@ def _model_setting(raw):
     return value
 
 
+def _alias_map(raw):
+    """`gpt-4o=sonnet,gpt-4o-mini=haiku` -> {name: CLI model}."""
+    aliases = {}
+    for item in filter(None, (i.strip() for i in raw.split(","))):
+        name, sep, target = (part.strip() for part in item.partition("="))
+        if not sep or not _MODEL_NAME.match(name) or not _MODEL_NAME.match(target):
+            raise ValueError(f"expected name=model pairs such as gpt-4o=sonnet, not {item!r}")
+        aliases[name] = target
+    return aliases
+
+
+def _name_list(raw):
+    names = tuple(filter(None, (n.strip() for n in raw.split(","))))
+    for name in names:
+        _model_setting(name)
+    return names
+
+
 # Model names passed to --model: plain names only, never something the CLI reads as a flag.
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9._:\[\]][A-Za-z0-9._:\[\]-]{0,199}\Z")  # \Z: no "\n"
 # What follows `ollama/`: the same, plus / and @ (hf.co/user/repo:tag, name@sha256:...).
@@ -171,6 +190,12 @@ SETTINGS = (
             "Pass --dangerously-skip-permissions: the CLI runs tools without asking."),
     Setting("CLAUDE_DEFAULT_MODEL", "claude-code", _model_setting,
             "Model used when a request names none (claude-code = the CLI's own default)."),
+    Setting("MODEL_ALIASES", "", _alias_map,
+            "Client model names run as other CLI models, e.g. gpt-4o=sonnet,gpt-4o-mini=haiku "
+            "(other names pass to --model as they are)."),
+    Setting("STRICT_PARAMS", "false", _parse_bool,
+            "Refuse (400) request parameters the backend cannot honour instead of ignoring "
+            "them; each reply names the ones it ignored in X-Bridge-Ignored-Params."),
     Setting("CLAUDE_SYSTEM_PROMPT", "append", _one_of("append", "replace"),
             "System messages: append to Claude Code's prompt, or replace it."),
     Setting("CLAUDE_TIMEOUT", "600", _seconds, "Seconds a whole Claude request may take."),
@@ -186,12 +211,27 @@ SETTINGS = (
             "Pre-started CLIs kept per model and system prompt (0 = off)."),
     Setting("CLAUDE_WARM_KEYS", "4", _int_between(1, 64),
             "Model and system prompt pairs kept warm (least recently used dropped)."),
+    Setting("CLAUDE_WARM_MODELS", "claude-code", _name_list,
+            "Models kept warm from their first request, comma-separated; other model and "
+            "system prompt pairs once CLAUDE_WARM_AFTER requests used them."),
+    Setting("CLAUDE_WARM_AFTER", "3", _int_between(1, 1000),
+            "Requests a model and system prompt pair needs before it gets a warm CLI."),
+    Setting("CLAUDE_IDLE_MAX", "4", _int_between(0, 1024),
+            "Warm and kept CLIs at once, all together (each holds 150-300 MB); the least "
+            "recently used end first."),
     Setting("CLAUDE_SESSION_KEEPALIVE", "300", _seconds_or_zero,
             "Seconds a session's CLI stays running between turns (0 = resume each turn)."),
     Setting("CLAUDE_SESSIONS", "10000", _int_between(1, 10_000_000),
             "Claude sessions (X-Session-ID) remembered (least recently used forgotten)."),
     Setting("CLAUDE_SESSION_DAYS", "30", _int_between(1, 3650),
             "Days an unused Claude session is remembered."),
+    Setting("CLAUDE_TOOL_NOTES", "true", _parse_bool,
+            "Show each tool Claude Code runs as a line of reasoning_content (`Read app.py`)."),
+    Setting("CLAUDE_TOOL_WAIT", "300", _seconds,
+            "Seconds a run whose tool calls went to the client waits for their results."),
+    Setting("CLAUDE_TOOLS_WITH_CLIENT_TOOLS", "false", _parse_bool,
+            "Keep Claude Code's own tools when a request brings its own (default: only "
+            "the client's)."),
     Setting("CLAUDE_AUTH_KEY", "", _text,
             "If set, clients must send `Authorization: Bearer <key>` (all routes but /health)."),
     Setting("OLLAMA_URL", "http://localhost:11434", _http_url, "Base URL of the Ollama server."),
@@ -493,6 +533,13 @@ def _migrate_x_request_id(db):
     db.execute("ALTER TABLE requests ADD COLUMN x_request_id TEXT")
 
 
+def _migrate_via(db):
+    """v7: how a turn reached its backend when that is worth knowing: `held` (it
+    continued a run that waited for the client's tool results), `rebuilt` (that run was
+    gone, so a new one got the whole history)."""
+    db.execute("ALTER TABLE requests ADD COLUMN via TEXT")
+
+
 def session_tag(key, session_id):
     """The short keyed hash that stands for a client's X-Session-ID everywhere outside the
     request itself: the raw id lets anyone continue (and read) that conversation."""
@@ -515,7 +562,8 @@ def _migrate_session_tags(db):
 
 # Ordered: PRAGMA user_version is the number of migrations applied.
 MIGRATIONS = (_migrate_requests, _migrate_claude_sessions, _migrate_hourly_rollup,
-              _migrate_daily_rollup, _migrate_x_request_id, _migrate_session_tags)
+              _migrate_daily_rollup, _migrate_x_request_id, _migrate_session_tags,
+              _migrate_via)
 
 # Where sums come from, coarsest first: (table, key column, characters of `ts` in the key).
 # A time window is cut into whole days, then whole hours, then raw rows at its two edges.
@@ -721,12 +769,13 @@ class UsageStore:
         self._write((
             ("INSERT INTO requests (ts, request_id, model, provider, session_id, stream,"
              " outcome, status, error, prompt_tokens, completion_tokens, total_tokens,"
-             " cached_tokens, cost_usd, duration_ms, ttft_ms, is_error, x_request_id)"
-             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+             " cached_tokens, cost_usd, duration_ms, ttft_ms, is_error, x_request_id, via)"
+             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
              (ts, row["request_id"], row["model"], row["provider"], row.get("session_id"),
               int(bool(row.get("stream"))), row["outcome"], row["status"],
               error[:500] if error else None, prompt, completion, prompt + completion,
-              cached, cost, duration, row.get("ttft_ms"), failed, row.get("x_request_id"))),
+              cached, cost, duration, row.get("ttft_ms"), failed, row.get("x_request_id"),
+              row.get("via"))),
             *((f"INSERT INTO {table} VALUES (?,?,?,1,?,?,?,?,?,?,?,?)"
                f" ON CONFLICT ({key}, model, provider) DO UPDATE SET"
                " requests = requests + 1, errors = errors + excluded.errors,"
@@ -811,7 +860,7 @@ class UsageStore:
 
     _RECENT = ("id", "ts", "request_id", "x_request_id", "model", "provider", "session_id",
                "stream", "outcome", "status", "error", "prompt_tokens", "completion_tokens",
-               "total_tokens", "cached_tokens", "cost_usd", "duration_ms", "ttft_ms")
+               "total_tokens", "cached_tokens", "cost_usd", "duration_ms", "ttft_ms", "via")
 
     def recent(self, limit, since=None):
         """The latest rows, newest first."""
@@ -1248,6 +1297,13 @@ class Backend:
         """{"ok": bool, ...} for /health: cheap, so probes are cached."""
         return {"ok": True}
 
+    def ignored(self, chat):
+        """Names of the request's parameters this backend cannot honour (they are then
+        named in X-Bridge-Ignored-Params, or refused under STRICT_PARAMS)."""
+        return [name for name in chat.params if name in self.unsupported]
+
+    unsupported = frozenset()  # ... by default, these
+
     def gauges(self):
         """(metric name, help, value) for /metrics."""
         return ()
@@ -1255,6 +1311,9 @@ class Backend:
     def describe(self):
         """A few words for the start-up banner."""
         return self.provider
+
+    def listening(self, url):
+        """The bridge's own base URL, once it listens (for backends that call back)."""
 
     def shutdown(self):
         """End whatever the backend still runs."""
@@ -1662,12 +1721,38 @@ def _kill_group(proc):
         _LOG.error("claude pid %s did not exit after SIGKILL", proc.pid)
 
 
+class CliSpec(typing.NamedTuple):
+    """What a CLI is started with: a warm or kept CLI serves a request only if they match."""
+    model: str
+    system: str
+    effort: str = None  # --effort
+    max_tokens: int = None  # CLAUDE_CODE_MAX_OUTPUT_TOKENS
+    json_schema: str = None  # JSON text, for --json-schema's stream-json equivalent
+    tools: object = None  # the ToolBroker serving the client's functions
+
+
+# OpenAI's reasoning_effort -> the CLI's --effort.
+_EFFORTS = {"none": "low", "minimal": "low", "low": "low", "medium": "medium",
+            "high": "high", "xhigh": "xhigh"}
+
+
+def _write_line(proc, line):
+    """One line to a CLI's stdin; a CLI that already died tells why by its exit."""
+    try:
+        proc.stdin.write(line.encode("utf-8") + b"\n")
+        proc.stdin.flush()
+    except (BrokenPipeError, OSError, ValueError):
+        pass
+
+
 class ClaudeBackend(Backend):
     """Runs `claude -p` per request, stream-json out, prompt on stdin. It serves every
     model name no other backend takes (`claude-code` = the CLI's own default)."""
 
     provider = "claude"
     aliases = ("sonnet", "opus", "haiku")
+    unsupported = frozenset(("temperature", "top_p", "seed", "presence_penalty",
+                             "frequency_penalty", "logprobs", "top_logprobs", "logit_bias"))
 
     def __init__(self, settings, store, workers):
         self.settings = settings
@@ -1688,6 +1773,12 @@ class ClaudeBackend(Backend):
         self._health = Cached(self._probe, 60)
         self.pool = WarmPool(self, settings.claude_warm_pool, settings.claude_warm_keys)
         self.live = LiveSessions(self, settings.claude_session_keepalive)
+        self.held = HeldRuns(self, settings.claude_tool_wait)
+        self.brokers = {}  # MCP path token -> the ToolBroker of a running CLI
+        self.mcp_url = None  # where CLIs reach the bridge's MCP endpoint, once it listens
+
+    def listening(self, url):
+        self.mcp_url = url.rstrip("/") + "/mcp/"
 
     def binary(self):
         """Absolute path of the CLI, or raise BackendUnavailable saying how to get it."""
@@ -1714,12 +1805,14 @@ class ClaudeBackend(Backend):
     def gauges(self):
         with self.procs_lock:
             running = len(self.procs)
-        warm, live = self.pool.count(), self.live.count()
+        warm, live, held = self.pool.count(), self.live.count(), self.held.count()
         return (("bridge_claude_processes_running", "CLIs answering a request now.",
-                 max(0, running - warm - live)),
+                 max(0, running - warm - live - held)),
                 ("bridge_claude_processes_warm", "Pre-started CLIs waiting for a request.",
                  warm),
                 ("bridge_claude_processes_kept", "Session CLIs kept between turns.", live),
+                ("bridge_claude_processes_holding_tool_calls", "CLIs waiting for the client's "
+                 "tool results (CLAUDE_TOOL_WAIT).", self.held.count()),
                 ("bridge_claude_requests_waiting", "Requests waiting for a CLI slot or their "
                  "session's turn (CLAUDE_QUEUE_MAX).", self.line.count))
 
@@ -1753,15 +1846,39 @@ class ClaudeBackend(Backend):
     def open(self, chat):
         if chat.model != "claude-code" and not _MODEL_NAME.match(chat.model):
             raise bad_model(chat.model, "up to 200 letters, digits and . _ - : [ ]")
+        for k, tool in enumerate(chat.params.get("tools") or ()):
+            if not _FUNCTION_NAME.match(tool["function"]["name"]):
+                raise InvalidRequest("A function name must be 1 to 64 letters, digits, _ or "
+                                     "-.", param=f"tools[{k}].function.name")
         return ClaudeRun(self, chat)
 
-    def argv(self, binary, model, system_file, session_flags):
-        """The CLI's argv: only flags and values the bridge checked, never the prompt or
-        the system prompt (any local user can read argv in /proc/PID/cmdline)."""
+    def spec(self, chat):
+        """The CliSpec a request needs."""
+        params = chat.params
+        limit = params.get("max_completion_tokens", params.get("max_tokens"))
+        fmt = params.get("response_format") or {}
+        schema = {"json_object": {"type": "object"},
+                  "json_schema": (fmt.get("json_schema") or {}).get("schema")
+                  or {"type": "object"}}.get(fmt.get("type"))
+        return CliSpec(self.settings.model_aliases.get(chat.model, chat.model),
+                       chat.system_text(), _EFFORTS.get(params.get("reasoning_effort")),
+                       limit, schema and _dumps(schema))
+
+    def argv(self, binary, spec, system_file, session_flags):
+        """The CLI's argv: only flags and values the bridge checked, never the prompt, the
+        system prompt or a schema (any local user can read argv in /proc/PID/cmdline)."""
         argv = [binary, "-p", "--input-format", "stream-json", "--output-format", "stream-json",
                 "--verbose", "--include-partial-messages"]
-        if model != "claude-code":
-            argv.append("--model=" + model)
+        if spec.model != "claude-code":
+            argv.append("--model=" + spec.model)
+        if spec.effort:
+            argv.append("--effort=" + spec.effort)
+        if spec.tools is not None:
+            # The tools' names are request data: they reach the CLI over MCP, not argv.
+            argv += ["--mcp-config", spec.tools.config_file, "--strict-mcp-config",
+                     "--allowedTools", "mcp__client"]
+            if not self.settings.claude_tools_with_client_tools:
+                argv += ["--tools", ""]
         if system_file:
             flag = ("--system-prompt-file=" if self.settings.claude_system_prompt == "replace"
                     else "--append-system-prompt-file=")
@@ -1771,14 +1888,25 @@ class ClaudeBackend(Backend):
         argv.extend(session_flags)
         return argv
 
-    def spawn(self, binary, model, system, session_flags):
+    def spawn(self, binary, spec, session_flags):
         """Start a CLI in its own process group (so the whole group can be signalled),
-        known to the reaper; its system prompt goes in a private file, removed at reap."""
-        system_file = self.files.write(system) if system else None
-        argv = self.argv(binary, model, system_file, session_flags)
+        known to the reaper; its system prompt goes in a private file, removed at reap,
+        and a JSON schema in the stream-json `initialize` request."""
+        system_file = self.files.write(spec.system) if spec.system else None
+        env = self.env
+        if spec.max_tokens:
+            env = {**env, "CLAUDE_CODE_MAX_OUTPUT_TOKENS": str(spec.max_tokens)}
+        if spec.tools is not None:
+            env = {**env, "MCP_TOOL_TIMEOUT": str(int(spec.tools.wait + 60) * 1000)}
+            spec.tools.config_file = self.files.write(_dumps({"mcpServers": {"client": {
+                "type": "http", "url": self.mcp_url + spec.tools.token,
+                "headers": {"Authorization": "Bearer " + self.settings.claude_auth_key}
+                if self.settings.claude_auth_key else {}}}}))
+            self.brokers[spec.tools.token] = spec.tools
+        argv = self.argv(binary, spec, system_file, session_flags)
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, cwd=self.workdir, env=self.env,
+                                    stderr=subprocess.PIPE, cwd=self.workdir, env=env,
                                     start_new_session=True)
         except OSError as exc:
             self.files.remove(system_file)
@@ -1788,6 +1916,11 @@ class ClaudeBackend(Backend):
             raise BackendUnavailable(f"cannot run {binary}: {exc}. Check CLAUDE_BIN and "
                                      "CLAUDE_WORKDIR.") from None
         proc.system_file = system_file
+        proc.tools, proc.json_schema, proc.max_tokens = spec.tools, spec.json_schema, \
+            spec.max_tokens
+        if spec.json_schema:
+            _write_line(proc, '{"type":"control_request","request_id":"init","request":'
+                              '{"subtype":"initialize","jsonSchema":%s}}' % spec.json_schema)
         self.reaper.watch(proc.pid)
         with self.procs_lock:
             self.procs.add(proc)
@@ -1798,6 +1931,11 @@ class ClaudeBackend(Backend):
         _kill_group(proc)
         self.reaper.forget(proc.pid)
         self.files.remove(getattr(proc, "system_file", None))
+        tools = getattr(proc, "tools", None)
+        if tools is not None:
+            tools.close()
+            self.files.remove(tools.config_file)
+            self.brokers.pop(tools.token, None)
         with self.procs_lock:
             self.procs.discard(proc)
 
@@ -1805,6 +1943,7 @@ class ClaudeBackend(Backend):
         """End every CLI still running, warm and live ones included."""
         self.pool.shutdown()
         self.live.shutdown()
+        self.held.shutdown()
         with self.procs_lock:
             procs = list(self.procs)
         for proc in procs:
@@ -1966,8 +2105,7 @@ class WarmPool:
                     return
                 self.starting[key] += 1
             try:
-                model, system = key
-                proc = self.backend.spawn(self.backend.binary(), model, system,
+                proc = self.backend.spawn(self.backend.binary(), key,
                                           ["--no-session-persistence"])
             except BridgeError:
                 self.backend.slots.release()
@@ -2058,6 +2196,34 @@ def _claude_usage(usage):
 
 
 _NO_CONVERSATION = "No conversation found"
+# From this version on, a resumed run's total_cost_usd is the session's total so far;
+# up to 2.1.276, the run's own (bisected over the published versions, fake API).
+_CUMULATIVE_COST_SINCE = (2, 1, 277)
+_RETRY_AFTER = re.compile(r"retry[- ]after\D{0,20}(\d{1,5})|try again in (\d{1,5}) ?s", re.I)
+_LOGIN_HINT = (" (the bridge runs the CLI as its own user: log that user in with `claude`, "
+               "or give the bridge ANTHROPIC_API_KEY)")
+
+
+def _version(text):
+    """(2, 1, 197) from "2.1.197 (Claude Code)"; () when there is none."""
+    match = re.match(r"\s*(\d+)\.(\d+)\.(\d+)", text or "")
+    return tuple(int(n) for n in match.groups()) if match else ()
+
+
+def _cli_error(message, api_status):
+    """The error a failed CLI run answers: upstream limits keep their meaning (and a
+    Retry-After, so SDKs wait instead of starting the CLI again at once)."""
+    match = _RETRY_AFTER.search(message)
+    wait = next((g for g in match.groups() if g), None) if match else None
+    if api_status == 429 or "rate limit" in message.lower():
+        return RateLimited(message, code="upstream_rate_limited",
+                           headers={"Retry-After": wait or "30"})
+    if api_status == 529 or "overloaded" in message.lower():
+        return BackendUnavailable(message, code="upstream_overloaded",
+                                  headers={"Retry-After": wait or "15"})
+    if api_status in (401, 403) or "/login" in message or "API key" in message:
+        return BackendFailed(message + _LOGIN_HINT, code="claude_not_logged_in")
+    return BackendFailed(message)
 def _claude_image(url, param):
     """An OpenAI image URL as an Anthropic image content block."""
     inline = _data_url(url, param)
@@ -2071,30 +2237,292 @@ def _claude_image(url, param):
                          param=param)
 
 
-def _render(msg):
+def _render(msg, names):
+    """A message as prompt text; `names` maps tool call ids to function names."""
     text = msg.text
+    if msg.role == "tool":
+        call_id = msg.tool_call_id
+        return f"(result of the {names.get(call_id, 'tool')} call {call_id}): {text}"
     if msg.tool_calls:
-        calls = "; ".join(f"{c.name}({c.arguments})" for c in msg.tool_calls)
+        calls = "; ".join(f"{c.name}({c.arguments}) [call {c.id}]" for c in msg.tool_calls)
         text = (text + "\n" if text else "") + f"(called tools: {calls})"
     return text
 
 
+def _call_names(turns):
+    return {c.id: c.name for m in turns for c in m.tool_calls}
+
+
 def flatten_prompt(turns):
     """A conversation as one prompt: earlier turns with role markers, the last one last."""
+    names = _call_names(turns)
     if len(turns) <= 1:
-        return "".join(_render(m) for m in turns)
+        return "".join(_render(m, names) for m in turns)
     last = turns[-1]
     lines = ["Earlier turns of this conversation, oldest first:", ""]
     for m in turns[:-1]:
-        lines += [f"[{m.role}]", _render(m), ""]
+        lines += [f"[{m.role}]", _render(m, names), ""]
     lines += [f"[end of earlier turns; the {last.role}'s new message follows]", "",
-              _render(last)]
+              _render(last, names)]
     return "\n".join(lines)
 
 
 def new_turn_prompt(turns):
     """The new messages of a kept session's turn."""
-    return "\n\n".join(_render(m) for m in turns)
+    names = _call_names(turns)
+    return "\n\n".join(_render(m, names) for m in turns)
+
+
+# The client's functions, served to the CLI as an MCP server ("client") at a path only
+# that CLI knows. tools/call is held open until the client's next request brings the result.
+_FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
+_MCP_VERSION = "2025-11-25"
+
+
+class ToolBroker:
+    """One CLI's MCP server: the client's functions, and the calls Claude made to them."""
+
+    def __init__(self, tools, choice, single, wait):
+        self.token = secrets.token_urlsafe(24)
+        named = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+        self.tools = [t["function"] for t in tools
+                      if named is None or t["function"]["name"] == named]
+        self.single = single  # parallel_tool_calls=false: one call per reply
+        self.wait = wait  # seconds a call may wait for its result
+        self.forwarded = set()  # ids of the calls the client was sent, every round
+        self.results = {}  # call id -> (text, is_error)
+        self.config_file = None  # the CLI's --mcp-config, a private file
+        self.cond = threading.Condition()
+        self.round_open = True  # the model's reply is still being read
+        self.closed = False
+
+    def serve(self, rpc):
+        """One JSON-RPC message from the CLI -> the answer, or None (a notification)."""
+        method, rpc_id = rpc.get("method"), rpc.get("id")
+        if rpc_id is None:
+            return None
+        if method == "initialize":
+            version = (rpc.get("params") or {}).get("protocolVersion") or _MCP_VERSION
+            result = {"protocolVersion": str(version),
+                      "capabilities": {"tools": {"listChanged": False}},
+                      "serverInfo": {"name": "claude-bridge", "version": __version__}}
+        elif method == "tools/list":
+            # readOnlyHint: the CLI then calls parallel tool uses at once, not in turn.
+            result = {"tools": [{"name": fn["name"], "description": fn.get("description", ""),
+                                 "inputSchema": fn.get("parameters") or {"type": "object"},
+                                 "annotations": {"readOnlyHint": True}} for fn in self.tools]}
+        elif method == "tools/call":
+            text, is_error = self.call(rpc.get("params") or {})
+            result = {"content": [{"type": "text", "text": text}], "isError": is_error}
+        elif method == "ping":
+            result = {}
+        else:
+            return {"jsonrpc": "2.0", "id": rpc_id,
+                    "error": {"code": -32601, "message": "Method not found"}}
+        return {"jsonrpc": "2.0", "id": rpc_id, "result": result}
+
+    def call(self, params):
+        """Wait for the client's result of one call."""
+        call_id = str((params.get("_meta") or {}).get("claudecode/toolUseId") or "")
+        with self.cond:
+            # The CLI may call before the bridge has read the reply that carries the call.
+            self.cond.wait_for(lambda: call_id in self.forwarded or not self.round_open
+                               or self.closed, self.wait)
+            if call_id not in self.forwarded:
+                return ("Not run: call one tool at a time (the client asked for no parallel "
+                        "calls); call it again after this result." if self.single else
+                        "Not run: the client never received this call."), True
+            self.cond.wait_for(lambda: call_id in self.results or self.closed, self.wait)
+            return self.results.get(call_id) or ("The client sent no result.", True)
+
+    def end_round(self, calls):
+        """The reply is read: these calls (ids) went to the client."""
+        with self.cond:
+            self.forwarded.update(calls)
+            self.round_open = False
+            self.cond.notify_all()
+
+    def answer(self, results):
+        """The client's results ({call id: text}); calls it left out get an error."""
+        with self.cond:
+            for call_id in self.forwarded - set(self.results):
+                self.results[call_id] = ((results[call_id], False) if call_id in results else
+                                         ("The client sent no result for this call.", True))
+            self.round_open = True
+            self.cond.notify_all()
+
+    def close(self):
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+
+
+def _offers_tools(params):
+    return bool(params.get("tools")) and params.get("tool_choice") != "none"
+
+
+def _tool_rules(params):
+    """What the system prompt says of tool_choice and parallel_tool_calls (the CLI has
+    no flag for either; a named choice also offers that function alone)."""
+    choice, rules = params.get("tool_choice"), []
+    if choice == "required":
+        rules.append("Before you answer, call at least one of the tools whose names start "
+                     "with mcp__client__.")
+    elif isinstance(choice, dict):
+        rules.append(f"Before you answer, call the tool mcp__client__{choice['function']['name']}.")
+    if params.get("parallel_tool_calls") is False:
+        rules.append("Call at most one tool per message.")
+    return " ".join(rules)
+
+
+def _history_digest(messages):
+    """What a client's resent history must match: roles, texts and tool call ids (the
+    assistant's text is left out: clients drop it beside tool calls)."""
+    digest = hashlib.sha256()
+    for m in messages:
+        ids = [c.id for c in m.tool_calls]
+        item = ("system" if m.is_system else m.role,
+                ids if m.role == "assistant" else m.text.strip(), m.tool_call_id)
+        digest.update(_dumps(item).encode("utf-8") + b"\n")
+    return digest.hexdigest()
+
+
+def _tool_results(chat):
+    """The trailing tool messages of a request: (the history before them, {id: text})."""
+    turns = chat.messages
+    end = len(turns)
+    while end and turns[end - 1].role == "tool":
+        end -= 1
+    return turns[:end], {m.tool_call_id: m.text for m in turns[end:]}
+
+
+class HeldRun(typing.NamedTuple):
+    """A CLI waiting for the results of the tool calls it made, and what continues it."""
+    proc: subprocess.Popen
+    stderr: object
+    parser: object  # its _ClaudeEvents, mid-run
+    broker: ToolBroker
+    digest: str  # of the history the results must follow
+    session: object  # the ClaudeSession it serves, or None
+    spec: object
+    first_call: str  # the id of the reply's first call, which the results must name
+    since: float
+    was_held: bool  # the run had a kept CLI: its cost is counted from the session's
+
+
+class HeldRuns:
+    """CLIs holding tool calls open, by the reply's first call id; each ends after
+    CLAUDE_TOOL_WAIT seconds without the results (freeing its slot)."""
+
+    def __init__(self, backend, wait):
+        self.backend = backend
+        self.wait = wait
+        self.lock = threading.Lock()
+        self.items = {}
+        self.reaper = None
+        self.closed = threading.Event()
+
+    def park(self, held):
+        with self.lock:
+            self.items[held.first_call] = held
+            if self.reaper is None:
+                self.reaper = threading.Thread(target=self._expire_loop, daemon=True,
+                                               name="claude-held-reaper")
+                self.reaper.start()
+
+    def claim(self, chat):
+        """The held run a request's tool results continue, or None."""
+        history, results = _tool_results(chat)
+        if not results:
+            return None
+        with self.lock:
+            for first, held in self.items.items():
+                if first in results:
+                    if held.digest != _history_digest(history):
+                        return None  # the same ids after another history: never mix
+                    return self.items.pop(first)
+        return None
+
+    def _expire_loop(self):
+        tick = max(0.05, min(self.wait / 4, 5.0))
+        while not self.closed.wait(tick):
+            now = time.monotonic()
+            with self.lock:
+                expired = [k for k, h in self.items.items() if now - h.since > self.wait]
+                gone = [self.items.pop(k) for k in expired]
+            for held in gone:
+                _LOG.info("a run held for tool results got none in %g s (CLAUDE_TOOL_WAIT); "
+                          "ended", self.wait)
+                self.end(held)
+
+    def end(self, held):
+        held.broker.close()
+        self.backend.reap(held.proc)
+        self.backend.slots.release()
+
+    def count(self):
+        with self.lock:
+            return len(self.items)
+
+    def shutdown(self):
+        with self.lock:
+            self.closed.set()
+            gone, self.items = list(self.items.values()), {}
+        for held in gone:
+            self.end(held)
+
+
+class StopWatch:
+    """Text up to the first stop sequence; what may be the start of one is held back."""
+
+    def __init__(self, stops):
+        self.stops = stops
+        self.held = ""
+        self.hit = False
+
+    def feed(self, text):
+        """What of the text so far can be sent."""
+        text = self.held + text
+        cuts = [i for i in (text.find(stop) for stop in self.stops) if i >= 0]
+        if cuts:
+            self.hit, self.held = True, ""
+            return text[:min(cuts)]
+        keep = max((k for stop in self.stops for k in range(1, len(stop))
+                    if text.endswith(stop[:k])), default=0)
+        self.held = text[len(text) - keep:] if keep else ""
+        return text[:len(text) - keep]
+
+
+class _Reply:
+    """What of a CLI's reply reaches the client: its text up to a stop sequence (the
+    bridge's job: the CLI has no such flag); under a JSON schema, only the structured
+    output, at the end."""
+
+    def __init__(self, stops, structured):
+        self.watch = StopWatch(stops) if stops else None
+        self.structured = structured
+
+    @property
+    def stopped(self):
+        return self.watch is not None and self.watch.hit
+
+    def shape(self, event):
+        if isinstance(event, (TextDelta, Retract)) and self.structured:
+            return []
+        if isinstance(event, TextDelta) and self.watch is not None:
+            text = self.watch.feed(event.text)
+            return [TextDelta(text)] if text else []
+        return [event]
+
+    def end(self, result):
+        """The events a reply ends with."""
+        if self.structured:
+            if "structured_output" not in result:
+                raise BackendFailed("Claude answered without the structured output the "
+                                    "response_format asks for: "
+                                    + str(result.get("result") or "")[:300])
+            return [TextDelta(_dumps(result["structured_output"]))]
+        return [TextDelta(self.watch.held)] if self.watch and self.watch.held else []
 
 
 class ClaudeRun(Run):
@@ -2122,21 +2550,27 @@ class ClaudeRun(Run):
             backend.session_locks.take_turn(chat.session_id, settings.claude_queue_timeout,
                                             backend.line, chat.client_gone)
             self.session_held = True
-        self.warm_key = (chat.model, chat.system_text())
+        self.spec = backend.spec(chat)
         self.known = None  # the session's Claude UUID, workdir, cost so far
-        if chat.session_id is None:
+        self.continued = None  # the HeldRun this request's tool results continue
+        self.via = None  # how the turn reached the CLI, when worth a note in the row
+        if _offers_tools(chat.params):
+            self._take_tools(backend, chat)
+        if self.continued is not None:
+            pass  # its CLI, and the slot that CLI holds, come with it
+        elif chat.session_id is None:
             # A stateless request takes a warm CLI (and its slot) when there is one.
-            self.held = backend.pool.take(self.warm_key)
+            self.held = backend.pool.take(self.spec)
         else:
             known = backend.store.get_claude_session(chat.session_id)
             if known is not None and known.workdir == backend.workdir:
                 self.known = known
                 # ... a session's turn, its CLI still running from the turn before.
                 self.held = backend.live.take(chat.session_id, known.claude_uuid,
-                                              self.warm_key)
+                                              self.spec)
         try:
-            if self.held is None and not backend.acquire_slot(settings.claude_queue_timeout,
-                                                              chat.client_gone):
+            if self.held is None and self.continued is None and not backend.acquire_slot(
+                    settings.claude_queue_timeout, chat.client_gone):
                 raise RateLimited(
                     f"All {settings.claude_max_concurrency} Claude slots are busy "
                     f"(CLAUDE_MAX_CONCURRENCY); try again shortly.",
@@ -2146,6 +2580,23 @@ class ClaudeRun(Run):
             self._release()
             raise
         self.binary = binary
+
+    def _take_tools(self, backend, chat):
+        """The held run this request's tool results continue, else a broker for a new
+        run (from the whole history when the results were for a run that is gone)."""
+        self.continued = backend.held.claim(chat)
+        if self.continued is not None:
+            self.via = "held"
+            return
+        if _tool_results(chat)[1]:
+            self.via = "rebuilt"
+        params = chat.params
+        broker = ToolBroker(params["tools"], params.get("tool_choice"),
+                            params.get("parallel_tool_calls") is False,
+                            backend.settings.claude_tool_wait)
+        rules = _tool_rules(params)
+        self.spec = self.spec._replace(tools=broker, system="\n\n".join(
+            filter(None, (self.spec.system, rules))))
 
     def _release(self):
         if self.slot_held:
@@ -2176,31 +2627,31 @@ class ClaudeRun(Run):
             self.held = None
             # (its slot is this run's, released below)
         self._release()
-        if self.chat.session_id is None:
+        if self.chat.session_id is None and self.spec.tools is None:
             # Warm or cold, the next request like this one finds a CLI waiting (and may
             # use the slot this one just gave back).
-            self.backend.pool.want(self.warm_key)
+            self.backend.pool.want(self.spec)
 
     def produce(self):
         chat = self.chat
-        system = chat.system_text()
-        model = chat.model
+        if self.continued is not None:
+            yield from self._continue()
+            return
         if chat.session_id is None:
-            stateless = (model, system, ["--no-session-persistence"],
-                         flatten_prompt(chat.turns()))
+            stateless = (["--no-session-persistence"], flatten_prompt(chat.turns()))
             if (yield from self._attempt(*stateless)) == "dead":
                 yield from self._attempt(*stateless)  # the warm CLI had died: a cold one
             return
         known = self.known
         if known is not None and self.held is not None:
             outcome = yield from self._attempt(
-                model, system, [], new_turn_prompt(chat.new_turns()), session=known)
+                [], new_turn_prompt(chat.new_turns()), session=known)
             if outcome != "dead":
                 return  # else the kept CLI had died: resume the session instead
         if known is not None:
             outcome = yield from self._attempt(
-                model, system, ["--resume", known.claude_uuid],
-                new_turn_prompt(chat.new_turns()), session=known, heal=True)
+                ["--resume", known.claude_uuid], new_turn_prompt(chat.new_turns()),
+                session=known, heal=True)
             if outcome != "heal":
                 return
             _LOG.info("session %s: Claude session %s is gone; starting a new one from the "
@@ -2208,18 +2659,17 @@ class ClaudeRun(Run):
         # A fresh UUID each time: a failed first turn still leaves its session file, so
         # reusing its UUID would fail with "already in use".
         claude_uuid = str(uuid.uuid4())
-        yield from self._attempt(model, system, ["--session-id", claude_uuid],
-                                 flatten_prompt(chat.turns()),
+        yield from self._attempt(["--session-id", claude_uuid], flatten_prompt(chat.turns()),
                                  session=ClaudeSession(claude_uuid, self.backend.workdir, 0.0))
 
-    def _attempt(self, model, system, session_flags, prompt, session=None, heal=False):
+    def _attempt(self, session_flags, prompt, session=None, heal=False):
         """Run one turn on a CLI: the one held for this request (warm or kept from the
         session's last turn) or a new one. Returns "heal" if a resumed session turned out
         to be gone, "dead" if the held CLI had died before it said anything."""
         if self._cancelled.is_set():
             return None
         backend = self.backend
-        keep = session is not None and backend.live.keepalive > 0
+        keep = session is not None and backend.live.keepalive > 0 and self.spec.tools is None
         was_held = self.held is not None
         if was_held:
             proc, stderr, self.held = self.held.proc, self.held.stderr, None
@@ -2227,16 +2677,50 @@ class ClaudeRun(Run):
             self._cancelled.set()  # nobody to answer: never start a CLI for it
             return None
         else:
-            proc = self.backend.spawn(self.binary, model, system, session_flags)
+            proc = self.backend.spawn(self.binary, self.spec, session_flags)
             stderr = _StderrTail(proc.stderr)
         with self.proc_lock:
             self.proc = proc
         self._send(proc, prompt, keep)
-        parser = _ClaudeEvents()
+        parser = _ClaudeEvents(backend.settings.claude_tool_notes,
+                               self.chat.params.get("parallel_tool_calls") is False)
+        return (yield from self._read(proc, stderr, parser, session, was_held, heal, keep))
+
+    def _continue(self):
+        """Hand the client's tool results to the CLI that waits for them, and read on."""
+        held = self.continued
+        with self.proc_lock:
+            self.proc = held.proc
+        self.slot_held = True
+        held.parser.next_reply()
+        held.broker.answer(_tool_results(self.chat)[1])
+        yield from self._read(held.proc, held.stderr, held.parser, held.session,
+                              held.was_held, False, False)
+
+    def _read(self, proc, stderr, parser, session, was_held, heal, keep):
+        """Read one reply from a CLI, then end it, keep it for the session, or hold it
+        for the client's tool results."""
+        reply = _Reply(self.chat.params.get("stop"), getattr(proc, "json_schema", None))
         for raw in proc.stdout:
-            yield from parser.feed(raw)
-            if parser.result is not None:
+            for event in parser.feed(raw):
+                yield from reply.shape(event)
+            if parser.result is not None or parser.waiting or reply.stopped or (
+                    parser.stop_reason == "max_tokens" and getattr(proc, "max_tokens", None)):
                 break
+        # At a stop sequence, or at the client's max_tokens (the CLI would ask the model to
+        # go on, up to 3 times, and then fail): the rest is never wanted.
+        cut = "stop" if reply.stopped else "length" if parser.stop_reason == "max_tokens" \
+            and getattr(proc, "max_tokens", None) else None
+        if cut:
+            self._forget(proc)
+            if cut == "length" and not reply.structured:
+                yield from reply.end({})  # text held back as a possible stop sequence
+            yield Final(cut, *parser.tokens_so_far(), 0.0)
+            return None
+        if parser.waiting and not self._cancelled.is_set():
+            yield parser.end_reply()
+            self._hold(proc, stderr, parser, session, was_held)
+            return None
         result = parser.result
         if result is None or result.get("is_error"):
             message = self._failed(proc, parser, stderr)
@@ -2248,14 +2732,22 @@ class ClaudeRun(Run):
                 return "dead"
             if heal and not parser.sent_text and _NO_CONVERSATION in message:
                 return "heal"
-            yield Failed(BackendFailed(message))
+            yield Failed(_cli_error(message, parser.api_status))
             return None
-        prompt_tokens, completion_tokens, cached = _claude_usage(result.get("usage"))
+        yield from reply.end(result)
+        return (yield from self._finish(proc, stderr, parser, result, session, was_held, keep))
+
+    def _finish(self, proc, stderr, parser, result, session, was_held, keep):
+        """A reply that ended well: its Final, then the CLI kept for the session or ended."""
+        backend = self.backend
+        prompt_tokens, completion_tokens, cached = parser.final_tokens(result.get("usage"))
         total_cost = float(result.get("total_cost_usd") or 0.0)
         cost = total_cost
         if session is not None:
-            # total_cost_usd is cumulative over a resumed session.
-            cost = max(0.0, total_cost - session.total_cost_usd)
+            # A kept CLI's total counts every turn it ran; a resumed one's, by version.
+            version = parser.version or self.backend.health().get("version")
+            if was_held or _version(version) >= _CUMULATIVE_COST_SINCE:
+                cost = max(0.0, total_cost - session.total_cost_usd)
             self.backend.store.put_claude_session(self.chat.session_id, session.claude_uuid,
                                                   self.backend.workdir, total_cost)
         self.cost_usd = cost
@@ -2268,7 +2760,7 @@ class ClaudeRun(Run):
                 self.proc = None
             self.slot_held = False
             backend.live.park(self.chat.session_id, proc, stderr, session.claude_uuid,
-                              self.warm_key)
+                              self.spec)
             return None
         # The reply is on its way; now let the CLI exit (or end it) and reap it.
         for _ in proc.stdout:
@@ -2281,17 +2773,26 @@ class ClaudeRun(Run):
         self._forget(proc)
         return None
 
+    def _hold(self, proc, stderr, parser, session, was_held):
+        """The reply ended in calls of the client's functions: keep the CLI (and its slot)
+        waiting for the results, which the client's next request brings."""
+        broker = proc.tools
+        broker.end_round(parser.calls)
+        calls = tuple(ToolCall(call_id, "", "") for call_id in parser.calls)
+        digest = _history_digest([*self.chat.messages, Message("assistant", calls)])
+        with self.proc_lock:
+            self.proc = None
+        self.slot_held = False
+        self.backend.held.park(HeldRun(proc, stderr, parser, broker, digest, session, self.spec,
+                                       calls[0].id, time.monotonic(), was_held))
+
     def _send(self, proc, prompt, keep):
         """Write the turn's one stream-json message (its images as content blocks)."""
         content = prompt
         if self.images:
             content = [{"type": "text", "text": prompt}, *self.images]
-        line = _dumps({"type": "user", "message": {"role": "user", "content": content}})
-        try:
-            proc.stdin.write(line.encode("utf-8") + b"\n")
-            proc.stdin.flush()
-        except (BrokenPipeError, OSError, ValueError):
-            pass  # it died early; its exit tells why
+        _write_line(proc, _dumps({"type": "user", "message": {"role": "user",
+                                                              "content": content}}))
         if not keep:
             try:
                 proc.stdin.close()  # EOF after one message: the CLI answers it and exits
@@ -2319,16 +2820,45 @@ class ClaudeRun(Run):
         self.backend.reap(proc)
 
 
+# Claude Code's own tools, as one line of the reasoning: the input that says what it did.
+_TOOL_NOTE_KEYS = ("file_path", "notebook_path", "path", "command", "pattern", "url", "query",
+                   "description", "prompt")
+# What the CLI calls a client's function: its MCP server is named "client".
+_CLIENT_TOOL_PREFIX = "mcp__client__"
+
+
+def _tool_note(block):
+    """`Read src/app.py`, `Bash: pytest -q`: one short line for a tool the CLI ran."""
+    name, args = str(block.get("name") or "tool"), block.get("input")
+    args = args if isinstance(args, dict) else {}
+    key = next((k for k in _TOOL_NOTE_KEYS if isinstance(args.get(k), str)), None)
+    if key is None:
+        return name + "\n"
+    value = " ".join(args[key].split())[:160]
+    return f"{name} {value}\n" if key.endswith("path") else f"{name}: {value}\n"
+
+
 class _ClaudeEvents:
     """Turns stream-json lines into bridge events."""
 
-    def __init__(self):
+    def __init__(self, tool_notes=False, single=False):
+        self.tool_notes = tool_notes  # Claude Code's own tool uses as reasoning lines
+        self.single = single  # forward one client tool call per reply, no more
+        self.stop_reason = None  # of the message streaming now
+        self.waiting = False  # the reply ended in client tool calls: the CLI waits
+        self.segment = [0, 0, 0]  # tokens of the API calls since the last reply ended
+        self.reported = [0, 0, 0]  # ... and of the replies already ended
         self.result = None
         self.lines = 0
         self.sent_text = False
+        self.message_id = None  # of the message streaming now (2.1.197 names it only once)
         self.streamed = {}  # (message id, block index) -> text already sent
+        self.blocks = {}  # the same for thinking (its text) and client tool calls (index)
         self.assistant_blocks = collections.Counter()  # message id -> assistant lines seen
+        self.calls = {}  # a client tool call's id -> its index in this reply
         self.api_error = None
+        self.api_status = None
+        self.version = None  # the CLI's, from its init line
         self.garbage = None
         self.usage = {}
 
@@ -2348,14 +2878,22 @@ class _ClaudeEvents:
         kind = obj.get("type")
         if kind == "stream_event":
             return self._stream_event(obj)
+        if kind == "system" and obj.get("subtype") == "init":
+            self.version = obj.get("claude_code_version")
         if kind == "assistant":
             return self._assistant(obj)
         if kind == "result":
             self.result = obj
+            self.api_status = obj.get("api_error_status") or self.api_status
             return []
         return [PROGRESS]
 
-    def _text(self, key, text):
+    def _text(self, key, text, thinking=False):
+        if thinking:
+            self.blocks[key] = self.blocks.get(key, "") + text
+            return ReasoningDelta(text)
+        if not any(k[0] == key[0] for k in self.streamed) and any(self.streamed.values()):
+            text = "\n\n" + text  # a new assistant message: a paragraph of its own
         self.streamed[key] = self.streamed.get(key, "") + text
         self.sent_text = True
         return TextDelta(text)
@@ -2363,33 +2901,53 @@ class _ClaudeEvents:
     def _stream_event(self, obj):
         event = obj.get("event") or {}
         etype = event.get("type")
-        message_id = obj.get("api_message_id")
+        if etype == "message_start":
+            self.message_id = (event.get("message") or {}).get("id")
+        message_id = obj.get("api_message_id") or self.message_id
         if etype == "content_block_delta":
-            delta = event.get("delta") or {}
-            if delta.get("type") == "text_delta" and delta.get("text"):
-                return [self._text((message_id, event.get("index", 0)), delta["text"])]
+            return self._delta(event.get("delta") or {}, (message_id, event.get("index", 0)))
+        if etype == "content_block_start":
+            block = event.get("content_block") or {}
+            name = str(block.get("name") or "")
+            if block.get("type") == "tool_use" and name.startswith(_CLIENT_TOOL_PREFIX):
+                return self._client_call(block, (message_id, event.get("index", 0)), "")
         elif etype == "message_start":
             usage = (event.get("message") or {}).get("usage")
             if usage:
                 self.usage = dict(usage)
                 return [Usage(*_claude_usage(self.usage))]
         elif etype == "message_delta":
+            self.stop_reason = (event.get("delta") or {}).get("stop_reason")
             usage = event.get("usage") or {}
             if "output_tokens" in usage:
                 self.usage["output_tokens"] = usage["output_tokens"]
                 return [Usage(*_claude_usage(self.usage))]
-        elif etype == "message_stop" and obj.get("abandoned_blocks"):
-            # The CLI voids what it streamed for these blocks and asks again.
-            abandoned = obj["abandoned_blocks"]
-            first = abandoned.get("from_block_index", 0)
-            mid = abandoned.get("api_message_id", message_id)
-            keys = sorted(k for k in self.streamed if k[0] == mid and k[1] >= first)
-            void = "".join(self.streamed.pop(k) for k in keys)
-            for k in keys:  # never filled again from the assistant line either
-                self.streamed[k] = ""
-            if void:
-                return [Retract(void)]
+        elif etype == "message_stop":
+            if obj.get("abandoned_blocks"):
+                return self._abandoned(obj["abandoned_blocks"], message_id)
+            self.segment = [a + b for a, b in zip(self.segment, _claude_usage(self.usage))]
+            self.waiting = self.stop_reason == "tool_use" and bool(self.calls)
         return [PROGRESS]
+
+    def _delta(self, delta, key):
+        dtype = delta.get("type")
+        if dtype == "text_delta" and delta.get("text"):
+            return [self._text(key, delta["text"])]
+        if dtype == "thinking_delta" and delta.get("thinking"):
+            return [self._text(key, delta["thinking"], thinking=True)]
+        if dtype == "input_json_delta" and isinstance(self.blocks.get(key), int):
+            return [ToolCallDelta(self.blocks[key], str(delta.get("partial_json") or ""))]
+        return [PROGRESS]
+
+    def _abandoned(self, abandoned, message_id):
+        """The CLI voids what it streamed for these blocks and asks again."""
+        first = abandoned.get("from_block_index", 0)
+        mid = abandoned.get("api_message_id", message_id)
+        keys = sorted(k for k in self.streamed if k[0] == mid and k[1] >= first)
+        void = "".join(self.streamed.pop(k) for k in keys)
+        for k in keys:  # never filled again from the assistant line either
+            self.streamed[k] = ""
+        return [Retract(void)] if void else [PROGRESS]
 
     def _assistant(self, obj):
         message = obj.get("message") or {}
@@ -2397,18 +2955,63 @@ class _ClaudeEvents:
             texts = [b.get("text", "") for b in message.get("content") or []
                      if isinstance(b, dict) and b.get("type") == "text"]
             self.api_error = " ".join(t for t in texts if t) or str(obj.get("error"))
+            self.api_status = obj.get("api_error_status") or self.api_status
             return [PROGRESS]
         message_id = message.get("id")
         index = self.assistant_blocks[message_id]
         self.assistant_blocks[message_id] += 1
         events = []
         for block in message.get("content") or []:
+            if not isinstance(block, dict):
+                continue
             # Text not streamed as deltas (no partial messages, or the CLI's non-streamed
             # retry after abandoned blocks) arrives here whole.
-            if (isinstance(block, dict) and block.get("type") == "text" and block.get("text")
-                    and (message_id, index) not in self.streamed):
-                events.append(self._text((message_id, index), block["text"]))
+            fresh = (message_id, index) not in self.streamed and \
+                (message_id, index) not in self.blocks
+            if block.get("type") in ("text", "thinking") and fresh:
+                text = block.get(block["type"])
+                if text:
+                    events.append(self._text((message_id, index), text,
+                                             thinking=block["type"] == "thinking"))
+            elif block.get("type") == "tool_use":
+                events.extend(self._tool_use(block, (message_id, index), fresh))
         return events or [PROGRESS]
+
+    def _tool_use(self, block, key, fresh):
+        name = str(block.get("name") or "")
+        if not name.startswith(_CLIENT_TOOL_PREFIX):
+            own = self.tool_notes and name != "StructuredOutput"
+            return [ReasoningDelta(_tool_note(block))] if own else []
+        return self._client_call(block, key, _dumps(block.get("input") or {})) if fresh else []
+
+    def _client_call(self, block, key, arguments):
+        """A call of the client's function: the start of a tool call in the reply (under
+        parallel_tool_calls=false only the first; the CLI is told to call the rest later)."""
+        call_id = str(block.get("id"))
+        if self.single and self.calls and call_id not in self.calls:
+            return [PROGRESS]
+        index = self.calls.setdefault(call_id, len(self.calls))
+        self.blocks[key] = index
+        name = str(block.get("name"))[len(_CLIENT_TOOL_PREFIX):]
+        return [ToolCallStart(index, call_id, name, arguments)]
+
+    def end_reply(self):
+        """The Final of a reply that ended in tool calls; the run goes on after it."""
+        tokens, self.segment = self.segment, [0, 0, 0]
+        self.reported = [a + b for a, b in zip(self.reported, tokens)]
+        return Final("tool_calls", *tokens, 0.0)
+
+    def next_reply(self):
+        """The client's results are in: the CLI speaks again."""
+        self.calls, self.waiting, self.sent_text = {}, False, False
+
+    def tokens_so_far(self):
+        """The reply's tokens when it is cut short (the CLI says no more)."""
+        return [a + b for a, b in zip(self.segment, _claude_usage(self.usage))]
+
+    def final_tokens(self, usage):
+        """The run's tokens (its result's usage) less those already reported."""
+        return [max(0, a - b) for a, b in zip(_claude_usage(usage), self.reported)]
 
     def error_message(self, stderr_text, code):
         """The CLI's own words for a failed run."""
@@ -2501,15 +3104,15 @@ def ollama_request(chat, messages):
     limit = params.get("max_completion_tokens", params.get("max_tokens"))
     if limit is not None:
         options["num_predict"] = limit
-    for name in ("temperature", "top_p", "seed", "stop"):
+    for name in ("temperature", "top_p", "seed", "stop", "presence_penalty",
+                 "frequency_penalty"):
         if name in params:
             options[name] = params[name]
     body = {"model": chat.model[len("ollama/"):], "messages": out,
             "stream": chat.stream}  # Ollama streams when "stream" is absent
     if options:
         body["options"] = options
-    if "tools" in params:
-        _expect(params["tools"], (list,), "tools", "an array")
+    if "tools" in params and params.get("tool_choice") != "none":
         body["tools"] = params["tools"]
     if "response_format" in params:
         fmt = _ollama_format(params["response_format"])
@@ -2550,6 +3153,15 @@ class OllamaBackend(Backend):
     """Models named `ollama/<name>`, through Ollama's native /api/chat."""
 
     provider = "ollama"
+    unsupported = frozenset(("logprobs", "top_logprobs", "logit_bias", "reasoning_effort"))
+
+    def ignored(self, chat):
+        names = super().ignored(chat)
+        if chat.params.get("tool_choice") not in (None, "auto", "none"):
+            names.append("tool_choice")  # Ollama chooses for itself
+        if chat.params.get("parallel_tool_calls") is False:
+            names.append("parallel_tool_calls")
+        return names
 
     def __init__(self, settings, workers):
         self.settings = settings
@@ -2981,16 +3593,20 @@ def refused_chat(body, environ, default_model):
                        [], stream=body.get("stream") is True, session_id=session_id)
 
 
-def _chat_params(body):
-    """The generation parameters of a chat request, checked: {name: value} of those given."""
+_REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
+
+
+def _sampling_params(body):
+    """The sampling parameters given, checked: {name: value}."""
     n = _number(body, "n", 1, 128, integer=True)
     if n is not None and n > 1:
         raise InvalidRequest("Only n=1 is supported.", param="n")
     params = {}
-    for name, low, high, integer in (("temperature", 0, 2, False), ("top_p", 0, 1, False),
-                                     ("max_tokens", 1, 10_000_000, True),
-                                     ("max_completion_tokens", 1, 10_000_000, True),
-                                     ("seed", -2**63, 2**63 - 1, True)):
+    for name, low, high, integer in (
+            ("temperature", 0, 2, False), ("top_p", 0, 1, False),
+            ("max_tokens", 1, 10_000_000, True), ("max_completion_tokens", 1, 10_000_000, True),
+            ("seed", -2**63, 2**63 - 1, True), ("presence_penalty", -2, 2, False),
+            ("frequency_penalty", -2, 2, False), ("top_logprobs", 0, 20, True)):
         value = _number(body, name, low, high, integer)
         if value is not None:
             params[name] = value
@@ -2999,46 +3615,103 @@ def _chat_params(body):
         if isinstance(stop, str):
             stop = [stop]
         _expect(stop, (list,), "stop", "a string or an array of strings")
-        for k, s in enumerate(stop):
-            _expect(s, (str,), f"stop[{k}]", "a string")
+        if len(stop) > 4:
+            raise InvalidRequest("'stop' takes at most 4 sequences.", param="stop")
+        for k, text in enumerate(stop):
+            if not _expect(text, (str,), f"stop[{k}]", "a string"):
+                raise InvalidRequest("A stop sequence must not be empty.", param=f"stop[{k}]")
         params["stop"] = stop
-    if body.get("user") is not None:
-        _expect(body["user"], (str,), "user", "a string")
-    if body.get("tools") is not None:
-        tools = _expect(body["tools"], (list,), "tools", "an array")
-        for k, tool in enumerate(tools):
-            _expect(tool, (dict,), f"tools[{k}]", "an object")
-            if tool.get("type") != "function":
-                raise InvalidRequest("Only tools of type 'function' are supported.",
-                                     param=f"tools[{k}].type")
-            fn = _expect(tool.get("function"), (dict,), f"tools[{k}].function", "an object")
-            _expect(fn.get("name"), (str,), f"tools[{k}].function.name", "a string")
-            _check_fields(fn, f"tools[{k}].function", {
-                "description": _STR, "parameters": _OBJ, "strict": _OPT_BOOL})
-        params["tools"] = tools
-    choice = body.get("tool_choice")
-    if choice is not None:
-        if isinstance(choice, dict):
-            if choice.get("type") != "function":
-                raise InvalidRequest("tool_choice type must be 'function'.",
-                                     param="tool_choice.type")
-            fn = _expect(choice.get("function"), (dict,), "tool_choice.function", "an object")
-            _expect(fn.get("name"), (str,), "tool_choice.function.name", "a string")
-        elif choice not in ("none", "auto", "required"):
-            raise InvalidRequest("tool_choice must be none, auto, required or a function.",
-                                 param="tool_choice")
-        params["tool_choice"] = choice
-    if body.get("response_format") is not None:
-        fmt = _expect(body["response_format"], (dict,), "response_format", "an object")
-        if fmt.get("type") not in ("text", "json_object", "json_schema"):
-            raise InvalidRequest("response_format type must be text, json_object or "
-                                 "json_schema.", param="response_format.type")
-        if fmt["type"] == "json_schema":
-            spec = _expect(fmt.get("json_schema"), (dict,), "response_format.json_schema",
-                           "an object")
-            _expect(spec.get("name"), (str,), "response_format.json_schema.name", "a string")
-            _check_fields(spec, "response_format.json_schema", {
-                "schema": _OBJ, "strict": _OPT_BOOL, "description": _STR})
+    for name, types, what in (("user", (str,), "a string"), ("logprobs", (bool,), "a boolean"),
+                              ("logit_bias", (dict,), "an object")):
+        if body.get(name) is not None:
+            params[name] = _expect(body[name], types, name, what)
+    params.pop("user", None)  # an end-user id for abuse tracking: nothing to honour
+    effort = body.get("reasoning_effort")
+    if effort is not None:
+        if effort not in _REASONING_EFFORTS:
+            raise InvalidRequest("reasoning_effort must be one of "
+                                 + ", ".join(_REASONING_EFFORTS) + ".", param="reasoning_effort")
+        params["reasoning_effort"] = effort
+    return params
+
+
+def _tool_list(tools, param):
+    _expect(tools, (list,), param, "an array")
+    for k, tool in enumerate(tools):
+        _expect(tool, (dict,), f"{param}[{k}]", "an object")
+        if tool.get("type") != "function":
+            raise InvalidRequest("Only tools of type 'function' are supported.",
+                                 param=f"{param}[{k}].type")
+        fn = _expect(tool.get("function"), (dict,), f"{param}[{k}].function", "an object")
+        _expect(fn.get("name"), (str,), f"{param}[{k}].function.name", "a string")
+        _check_fields(fn, f"{param}[{k}].function", {
+            "description": _STR, "parameters": _OBJ, "strict": _OPT_BOOL})
+    return tools
+
+
+def _tool_choice(choice, param):
+    if isinstance(choice, dict):
+        if choice.get("type") != "function":
+            raise InvalidRequest("tool_choice type must be 'function'.", param=param + ".type")
+        fn = _expect(choice.get("function"), (dict,), param + ".function", "an object")
+        _expect(fn.get("name"), (str,), param + ".function.name", "a string")
+    elif choice not in ("none", "auto", "required"):
+        raise InvalidRequest("tool_choice must be none, auto, required or a function.",
+                             param=param)
+    return choice
+
+
+def _tool_params(body):
+    """tools, tool_choice and parallel_tool_calls, checked; the legacy functions and
+    function_call become the same (and the reply speaks the legacy way)."""
+    params = {}
+    if body.get("functions") is not None:
+        if body.get("tools") is not None:
+            raise InvalidRequest("Send either 'tools' or the legacy 'functions', not both.",
+                                 param="functions")
+        _expect(body["functions"], (list,), "functions", "an array")
+        params["tools"] = _tool_list([{"type": "function", "function": f}
+                                      for f in body["functions"]], "functions")
+        params["legacy_functions"] = True
+        call = body.get("function_call")
+        if call is not None:
+            params["tool_choice"] = _tool_choice(
+                {"type": "function", "function": call} if isinstance(call, dict) else call,
+                "function_call")
+        params["parallel_tool_calls"] = False
+    elif body.get("tools") is not None:
+        params["tools"] = _tool_list(body["tools"], "tools")
+    if body.get("tool_choice") is not None:
+        params["tool_choice"] = _tool_choice(body["tool_choice"], "tool_choice")
+    if body.get("parallel_tool_calls") is not None:
+        params["parallel_tool_calls"] = _expect(body["parallel_tool_calls"], (bool,),
+                                                "parallel_tool_calls", "a boolean")
+    return params
+
+
+def _format_param(body):
+    """The checked response_format, or None."""
+    if body.get("response_format") is None:
+        return None
+    fmt = _expect(body["response_format"], (dict,), "response_format", "an object")
+    if fmt.get("type") not in ("text", "json_object", "json_schema"):
+        raise InvalidRequest("response_format type must be text, json_object or "
+                             "json_schema.", param="response_format.type")
+    if fmt["type"] == "json_schema":
+        spec = _expect(fmt.get("json_schema"), (dict,), "response_format.json_schema",
+                       "an object")
+        _expect(spec.get("name"), (str,), "response_format.json_schema.name", "a string")
+        _check_fields(spec, "response_format.json_schema", {
+            "schema": _OBJ, "strict": _OPT_BOOL, "description": _STR})
+    return fmt
+
+
+def _chat_params(body):
+    """The generation parameters of a chat request, checked: {name: value} of those given."""
+    params = _sampling_params(body)
+    params.update(_tool_params(body))
+    fmt = _format_param(body)
+    if fmt is not None:
         params["response_format"] = fmt
     return params
 
@@ -3047,6 +3720,8 @@ def _message(msg, i):
     """One OpenAI chat message as a Message."""
     _expect(msg, (dict,), f"messages[{i}]", "an object")
     role = msg.get("role")
+    if role == "function" or (role == "assistant" and msg.get("function_call") is not None):
+        return _legacy_message(msg, i)
     if role not in _ROLES:
         what = "is missing" if role is None else f"{role!r} is not a known role"
         raise InvalidRequest(f"'messages[{i}].role' {what}; use one of "
@@ -3059,6 +3734,24 @@ def _message(msg, i):
         parts = (ToolResult(msg.get("tool_call_id") or "", Message(role, parts).text),
                  *(p for p in parts if isinstance(p, Image)))
     return Message(role, parts)
+
+
+def _legacy_message(msg, i):
+    """The legacy function-calling messages, as tool calls and results: a function's
+    name stands for the call's id (the legacy API calls one function at a time)."""
+    name = _expect(msg.get("name"), (str,), f"messages[{i}].name", "a string") \
+        if msg["role"] == "function" else None
+    if name is not None:
+        content = msg.get("content")
+        text = "" if content is None else _expect(content, (str,), f"messages[{i}].content",
+                                                  "a string")
+        return Message("tool", (ToolResult("fn:" + name, text),))
+    call = _expect(msg["function_call"], (dict,), f"messages[{i}].function_call", "an object")
+    name = _expect(call.get("name"), (str,), f"messages[{i}].function_call.name", "a string")
+    args = _expect(call.get("arguments", "{}"), (str,),
+                   f"messages[{i}].function_call.arguments", "a JSON string")
+    text = msg.get("content") if isinstance(msg.get("content"), str) else ""
+    return Message("assistant", (Text(text), ToolCall("fn:" + name, name, args)))
 
 
 def parse_chat_request(body, environ, default_model):
@@ -3105,7 +3798,11 @@ def completion_body(chat, turn):
     """The non-streamed reply to a finished turn (an Assembly)."""
     text, calls = turn.text(), turn.tool_calls()
     message = {"role": "assistant", "content": text}
-    if calls:
+    finish = turn.final.finish_reason
+    if calls and chat.params.get("legacy_functions"):
+        message["function_call"] = {"name": calls[0].name, "arguments": calls[0].arguments}
+        message["content"], finish = text or None, "function_call"
+    elif calls:
         message["tool_calls"] = [_openai_call(c) for c in calls]
         message["content"] = text or None
     if turn.reasoning:
@@ -3113,7 +3810,7 @@ def completion_body(chat, turn):
     return {"id": chat.request_id, "object": "chat.completion", "created": chat.created,
             "model": chat.model, "system_fingerprint": None,
             "choices": [{"index": 0, "message": message,
-                         "logprobs": None, "finish_reason": turn.final.finish_reason}],
+                         "logprobs": None, "finish_reason": finish}],
             "usage": _usage_object(turn.final)}
 
 
@@ -3121,6 +3818,7 @@ class ChunkWriter:
     """SSE chunks of one stream: constant id and created."""
 
     def __init__(self, chat):
+        self.legacy = bool(chat.params.get("legacy_functions"))
         self.head = (f'{{"id":"{chat.request_id}","object":"chat.completion.chunk",'
                      f'"created":{chat.created},"model":{_dumps(chat.model)},'
                      f'"system_fingerprint":null,"choices":')
@@ -3136,12 +3834,22 @@ class ChunkWriter:
             return self.chunk({"content": event.text})
         if isinstance(event, ReasoningDelta):
             return self.chunk({"reasoning_content": event.text})
+        if self.legacy:
+            call = {"arguments": event.arguments}
+            if isinstance(event, ToolCallStart):
+                call = {"name": event.name, **call}
+            return self.chunk({"function_call": call}) if event.index == 0 else b""
         if isinstance(event, ToolCallStart):
             return self.chunk({"tool_calls": [{
                 "index": event.index, "id": event.id, "type": "function",
                 "function": {"name": event.name, "arguments": event.arguments}}]})
         return self.chunk({"tool_calls": [{"index": event.index,
                                            "function": {"arguments": event.arguments}}]})
+
+    def finish_reason(self, final):
+        """The legacy API's name for a turn that ended in a call."""
+        return "function_call" if self.legacy and final.finish_reason == "tool_calls" \
+            else final.finish_reason
 
     def usage(self, final):
         """The include_usage chunk."""
@@ -3300,6 +4008,7 @@ class RequestRecord:
         self.started = time.monotonic()
         self.first_token = None
         self.written = False
+        self.via = None  # the run's note on how it reached the backend
         self.metrics.started()
 
     def first(self):
@@ -3327,6 +4036,7 @@ class RequestRecord:
             row.update(run.usage._asdict())
             row["cost_usd"] = getattr(run, "cost_usd", 0.0)
         row["x_request_id"] = self.environ.get("bridge.request_id")
+        row["via"] = self.via
         self.store.record(row)
         self.metrics.finished(row, valid_model=status != 400)
         self.environ["bridge.status"] = str(status)
@@ -3372,6 +4082,11 @@ class Bridge:
     def providers(self):
         """The backends' names, in order."""
         return [b.provider for b in self.backends]
+
+    def listening(self, url):
+        """The server is bound: tell the backends where the bridge is."""
+        for backend in self.backends:
+            backend.listening(url)
 
     def end_children(self):
         """End everything the backends still run."""
@@ -3523,6 +4238,9 @@ class BridgeApp:
         return _LoggedBody(body, environ, status_line, started)
 
 
+_MCP_PATH = re.compile(r"^/mcp/.*")
+
+
 class _LoggedBody:
     """The response body; closing it (the response has left) writes the log line."""
 
@@ -3547,9 +4265,10 @@ class _LoggedBody:
                 self.status_line[0].split(" ", 1)[0] if self.status_line else "-")
             ms = (time.monotonic() - self.started) * 1000
             # Never headers: the Authorization header (the key) must not reach a log.
-            _LOG.info("%s %s %s %.0fms%s rid=%s", env.get("REQUEST_METHOD"),
-                      env.get("PATH_INFO", "")[:200], status, ms, env.get("bridge.log", ""),
-                      env["bridge.request_id"])
+            # ... nor an MCP path: its token is the capability to answer a CLI.
+            path = _MCP_PATH.sub("/mcp/…", env.get("PATH_INFO", "")[:200])
+            _LOG.info("%s %s %s %.0fms%s rid=%s", env.get("REQUEST_METHOD"), path, status,
+                      ms, env.get("bridge.log", ""), env["bridge.request_id"])
 
 
 def _dashboard_html():
@@ -3702,16 +4421,30 @@ def get_dashboard(bridge):
     return response
 
 
-def create_chat_completion(bridge):
-    environ, settings = bottle.request.environ, bridge.settings
+def _json_body(bridge):
+    """The request's body as a JSON object, or the 400/413 that says why not."""
+    environ = bottle.request.environ
     try:
         length = int(environ.get("CONTENT_LENGTH") or 0)
     except ValueError:
         length = 0
     if length > bridge.max_body:  # (under waitress, its parser answers this first)
-        raise _too_large(settings)
-    raw = environ["wsgi.input"].read(length) if length else b""
-    body = parse_json_body(raw)  # a body that is no JSON object has no usage row
+        raise _too_large(bridge.settings)
+    return parse_json_body(environ["wsgi.input"].read(length) if length else b"")
+
+
+def serve_mcp(bridge, token):
+    """A CLI's calls to the client's functions (MCP over plain JSON POSTs)."""
+    broker = bridge.claude.brokers.get(token)
+    if broker is None:
+        raise NotFound("No such tool server: it belonged to a CLI that has ended.")
+    answer = broker.serve(_json_body(bridge))
+    return bottle.HTTPResponse(status=202) if answer is None else _json_response(answer)
+
+
+def create_chat_completion(bridge):
+    environ, settings = bottle.request.environ, bridge.settings
+    body = _json_body(bridge)  # a body that is no JSON object has no usage row
     try:
         chat = parse_chat_request(body, environ, settings.claude_default_model)
         refused = None
@@ -3728,7 +4461,15 @@ def create_chat_completion(bridge):
     run = None
     handed_off = False
     try:
+        ignored = backend.ignored(chat)
+        if ignored and settings.strict_params:
+            raise InvalidRequest(f"This backend cannot honour {', '.join(ignored)} "
+                                 "(STRICT_PARAMS is on); leave them out.", param=ignored[0],
+                                 code="unsupported_parameter")
+        if ignored:  # (a stream's headers; _complete's reply takes them along)
+            bottle.response.set_header("X-Bridge-Ignored-Params", ", ".join(ignored))
         run = backend.open(chat).start()
+        record.via = getattr(run, "via", None)
         events = _events_with_housekeeping(run, environ, settings.sse_heartbeat_seconds)
         if chat.stream:
             # Wait for the first content before committing to 200, so an early
@@ -3758,7 +4499,8 @@ def _complete(chat, events, record):
             record.first()
     body = completion_body(chat, turn)
     record.write("ok", 200, final=turn.final)
-    return _json_response(body)
+    ignored = bottle.response.get_header("X-Bridge-Ignored-Params")
+    return _json_response(body, headers=ignored and {"X-Bridge-Ignored-Params": ignored})
 
 
 def _stream(chat, run, events, first, record):
@@ -3782,7 +4524,7 @@ def _stream(chat, run, events, first, record):
                 if isinstance(event, Final):
                     final = event
                     record.write("ok", 200, final=final)
-                    out = writer.chunk({}, final.finish_reason)
+                    out = writer.chunk({}, writer.finish_reason(final))
                     if chat.include_usage:
                         out += writer.usage(final)
                     yield out + b"data: [DONE]\n\n"
@@ -3815,6 +4557,7 @@ ROUTES = (
     ("GET", "/v1/usage", get_usage), ("GET", "/v1/usage/recent", get_usage_recent),
     ("GET", "/v1/usage/timeseries", get_usage_timeseries), ("GET", "/metrics", get_metrics),
     ("GET", "/openapi.json", get_openapi), ("GET", "/dashboard", get_dashboard),
+    ("POST", "/mcp/<token>", serve_mcp),
 )
 
 
@@ -3925,6 +4668,10 @@ def create_server(settings, app=None):
                 channel.will_close = True  # closed on the loop's next pass
     server.maintenance = maintenance
     server.app = app
+    host = str(server.effective_host)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    app.bridge.listening(f"http://{f'[{host}]' if ':' in host else host}:"
+                         f"{server.effective_port}")
     return server
 
 
@@ -4479,7 +5226,10 @@ def _oa_service_schemas(providers):
         **_oa_sums(*tokens, "cached_tokens", "cost_usd"),
         "duration_ms": nullable("integer", minimum=0),
         "ttft_ms": nullable("integer", minimum=0,
-                            description="Time to the first token; null when none came.")}
+                            description="Time to the first token; null when none came."),
+        "via": {"type": ["string", "null"], "enum": ["held", "rebuilt", None], "description":
+                "held: the turn continued a Claude run that waited for the client's tool "
+                "results; rebuilt: that run was gone, so a new one got the whole history."}}
     return {
         "Model": _oa_record({
             "id": {"type": "string", "examples": ["claude-code", "ollama/llama3.2:latest"]},

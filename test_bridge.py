@@ -792,94 +792,121 @@ def test_every_request_past_parsing_is_one_row(br):
 # The real Claude Code CLI against a loopback fake Anthropic API
 # ----------------------------------------------------------------------------------------
 
-def _real_cli():
-    for candidate in (os.environ.get("CLAUDE_E2E_BIN"),
-                      str(Path.home() / ".cache/claude-bridge/cli/node_modules/.bin/claude"),
-                      shutil.which("claude")):
-        if candidate and os.path.exists(candidate) and candidate != str(FAKE_CLAUDE):
-            return candidate
-    return None
+# The two CLI versions users have: the newest, and what npm installs on Node 20.
+REAL_CLI_VERSIONS = {"2.1.332": "cli", "2.1.197": "cli197"}
 
 
-@pytest.fixture
-def real_cli():
-    path = _real_cli()
+def _real_cli(version):
+    path = Path.home() / f".cache/claude-bridge/{REAL_CLI_VERSIONS[version]}/node_modules/.bin/claude"
+    return str(path) if path.exists() else None
+
+
+@pytest.fixture(params=sorted(REAL_CLI_VERSIONS))
+def real_cli(request):
+    path = _real_cli(request.param)
     if path is None:
         if os.environ.get("CI"):
             pytest.fail("the real claude CLI must be installed in CI (.ci/run does it)")
-        pytest.skip("real claude CLI not installed (npm install @anthropic-ai/claude-code)")
+        pytest.skip(f"real claude CLI {request.param} not installed (see .ci/run)")
     return path
 
 
-def test_real_cli_end_to_end(start, real_cli, tmp_path, monkeypatch):
+@pytest.fixture
+def fake_api(tmp_path, monkeypatch):
+    """A fake Anthropic API, and the environment that points the real CLI at it."""
     from testkit import fake_anthropic
     api = fake_anthropic.start()
-    try:
-        home = tmp_path / "home"
-        home.mkdir()
-        monkeypatch.setenv("HOME", str(home))
-        monkeypatch.delenv("CLAUDE_CONFIG_DIR")
-        for name, value in (("ANTHROPIC_BASE_URL", api.url), ("ANTHROPIC_API_KEY", "dummy"),
-                            ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
-                            ("DISABLE_TELEMETRY", "1"), ("DISABLE_AUTOUPDATER", "1"),
-                            ("CLAUDE_CODE_MAX_RETRIES", "0")):
-            monkeypatch.setenv(name, value)
-        br = start(CLAUDE_BIN=real_cli)
-        client = br.client()
-        reply = client.chat.completions.create(
-            model="claude-code", messages=[{"role": "user", "content": "hello"}])
-        assert reply.choices[0].message.content.endswith("to: hello")
-        assert reply.usage.prompt_tokens == 666 and reply.usage.completion_tokens == 44
-        chunks = list(client.chat.completions.create(
-            model="claude-code", stream=True, stream_options={"include_usage": True},
-            messages=[{"role": "user", "content": "stream please"}]))
-        texts = [c.choices[0].delta.content for c in chunks if c.choices
-                 and c.choices[0].delta.content]
-        assert len(texts) > 2 and "".join(texts).endswith("to: stream please")
-        # System messages reach the real CLI through --append-system-prompt-file.
-        client.chat.completions.create(model="claude-code", messages=[
-            {"role": "system", "content": "Talk like a SYSTEM-PIRATE."},
-            {"role": "user", "content": "hi"}])
-        assert "SYSTEM-PIRATE" in json.dumps(api.requests[-1]["system"])
-        h = {"X-Session-ID": "real"}
-        client.chat.completions.create(model="claude-code", extra_headers=h,
-                                       messages=[{"role": "user", "content": "PINEAPPLE"}])
-        again = client.chat.completions.create(
-            model="claude-code", extra_headers=h,
-            messages=[{"role": "user", "content": "What was the word?"}])
-        assert "msgs=4" in again.choices[0].message.content  # the CLI re-sent the history
-        assert "PINEAPPLE" in json.dumps(api.requests[-1]["messages"])
-        rows = br.rows()
-        assert rows[-1]["cost_usd"] == pytest.approx(rows[-2]["cost_usd"])
-        api.mode = "error-401"
-        err = assert_error(br.post(user("hi")), 502)
-        assert "Invalid API key" in err["message"]
-        api.mode = "ok"
-        # Warm CLIs and a session's CLI kept between turns, with the real CLI.
-        warm = start(CLAUDE_BIN=real_cli, CLAUDE_WARM_POOL="1", CLAUDE_SESSION_KEEPALIVE="30",
-                     USAGE_DB_PATH=str(tmp_path / "warm.db"))
-        client = warm.client()
-        client.chat.completions.create(model="claude-code",
-                                       messages=[{"role": "user", "content": "first"}])
-        assert wait_until(lambda: warm.app.bridge.claude.pool.count() == 1, timeout=20)
-        sent = len(api.requests)
-        reply = client.chat.completions.create(
-            model="claude-code", messages=[{"role": "user", "content": "to the warm one"}])
-        assert reply.choices[0].message.content.endswith("to: to the warm one")
-        assert len(api.requests) == sent + 1
-        h = {"X-Session-ID": "kept"}
-        client.chat.completions.create(model="claude-code", extra_headers=h,
-                                       messages=[{"role": "user", "content": "MANGO"}])
-        assert warm.app.bridge.claude.live.count() == 1
-        again = client.chat.completions.create(
-            model="claude-code", extra_headers=h,
-            messages=[{"role": "user", "content": "Which fruit?"}])
-        assert "msgs=4" in again.choices[0].message.content
-        assert "MANGO" in json.dumps(api.requests[-1]["messages"])
-        costs = [r["cost_usd"] for r in warm.rows()[-2:]]
-        assert costs[0] == pytest.approx(costs[1]) and costs[0] > 0
-    finally:
-        api.stop()
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("CLAUDE_CONFIG_DIR")
+    for name, value in (("ANTHROPIC_BASE_URL", api.url), ("ANTHROPIC_API_KEY", "dummy"),
+                        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
+                        ("DISABLE_TELEMETRY", "1"), ("DISABLE_AUTOUPDATER", "1"),
+                        ("CLAUDE_CODE_MAX_RETRIES", "0")):
+        monkeypatch.setenv(name, value)
+    yield api
+    api.stop()
+
+
+def test_real_cli_client_tools_round_trip_and_parse(start, real_cli, fake_api):
+    br = start(CLAUDE_BIN=real_cli, CLAUDE_AUTH_KEY="k")
+    client = br.client(api_key="k")
+    history = [{"role": "user", "content":
+                '[upstream:tool:mcp__client__get_weather:{"city": "Paris"}]'}]
+    reply = client.chat.completions.create(model="claude-code", messages=history, tools=TOOLS)
+    (call,) = reply.choices[0].message.tool_calls
+    assert reply.choices[0].finish_reason == "tool_calls"
+    assert (call.function.name, json.loads(call.function.arguments)) == (
+        "get_weather", {"city": "Paris"})
+    history += [reply.choices[0].message.model_dump(exclude_none=True),
+                {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"}]
+    final = client.chat.completions.create(model="claude-code", messages=history, tools=TOOLS)
+    assert final.choices[0].message.content == \
+        f"FAKE-REPLY after tool_result: {call.id}=false:sunny, 21 C"
+    assert [r["via"] for r in br.rows()] == [None, "held"]
+    assert len([r for r in fake_api.requests if r.get("tools")]) == 2  # one run, two calls
+
+
+def test_real_cli_end_to_end(start, real_cli, tmp_path, fake_api):
+    api = fake_api
+    br = start(CLAUDE_BIN=real_cli)
+    client = br.client()
+    reply = client.chat.completions.create(
+        model="claude-code", messages=[{"role": "user", "content": "hello"}])
+    assert reply.choices[0].message.content.endswith("to: hello")
+    assert reply.usage.prompt_tokens == 666 and reply.usage.completion_tokens == 44
+    chunks = list(client.chat.completions.create(
+        model="claude-code", stream=True, stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": "stream please"}]))
+    texts = [c.choices[0].delta.content for c in chunks if c.choices
+             and c.choices[0].delta.content]
+    assert len(texts) > 2 and "".join(texts).endswith("to: stream please")
+    # Once each: 2.1.197's stream lines do not name their message.
+    assert "".join(texts).count("FAKE-REPLY") == 1
+    assert reply.choices[0].message.content.count("FAKE-REPLY") == 1
+    # System messages reach the real CLI through --append-system-prompt-file.
+    client.chat.completions.create(model="claude-code", messages=[
+        {"role": "system", "content": "Talk like a SYSTEM-PIRATE."},
+        {"role": "user", "content": "hi"}])
+    assert "SYSTEM-PIRATE" in json.dumps(api.requests[-1]["system"])
+    h = {"X-Session-ID": "real"}
+    client.chat.completions.create(model="claude-code", extra_headers=h,
+                                   messages=[{"role": "user", "content": "PINEAPPLE"}])
+    again = client.chat.completions.create(
+        model="claude-code", extra_headers=h,
+        messages=[{"role": "user", "content": "What was the word?"}])
+    assert "msgs=4" in again.choices[0].message.content  # the CLI re-sent the history
+    assert "PINEAPPLE" in json.dumps(api.requests[-1]["messages"])
+    rows = br.rows()
+    assert rows[-1]["cost_usd"] == pytest.approx(rows[-2]["cost_usd"])
+    api.mode = "error-401"
+    err = assert_error(br.post(user("hi")), 502)
+    assert "Invalid API key" in err["message"]
+    api.mode = "ok"
+    # Warm CLIs and a session's CLI kept between turns, with the real CLI.
+    warm = start(CLAUDE_BIN=real_cli, CLAUDE_WARM_POOL="1", CLAUDE_SESSION_KEEPALIVE="30",
+                 USAGE_DB_PATH=str(tmp_path / "warm.db"))
+    client = warm.client()
+    client.chat.completions.create(model="claude-code",
+                                   messages=[{"role": "user", "content": "first"}])
+    assert wait_until(lambda: warm.app.bridge.claude.pool.count() == 1, timeout=20)
+    sent = len(api.requests)
+    reply = client.chat.completions.create(
+        model="claude-code", messages=[{"role": "user", "content": "to the warm one"}])
+    assert reply.choices[0].message.content.endswith("to: to the warm one")
+    assert len(api.requests) == sent + 1
+    h = {"X-Session-ID": "kept"}
+    client.chat.completions.create(model="claude-code", extra_headers=h,
+                                   messages=[{"role": "user", "content": "MANGO"}])
+    assert warm.app.bridge.claude.live.count() == 1
+    again = client.chat.completions.create(
+        model="claude-code", extra_headers=h,
+        messages=[{"role": "user", "content": "Which fruit?"}])
+    assert "msgs=4" in again.choices[0].message.content
+    assert "MANGO" in json.dumps(api.requests[-1]["messages"])
+    costs = [r["cost_usd"] for r in warm.rows()[-2:]]
+    assert costs[0] == pytest.approx(costs[1]) and costs[0] > 0
 
 
 # ----------------------------------------------------------------------------------------

@@ -24,6 +24,30 @@ Modes (read per request, so tests may change `fake.mode` between calls):
                 (words * MS) then answers.  A client that goes away ends the
                 stream at the next write.
 
+Markers in the last user text (the last text block of the last user message; for a
+request whose last user message holds tool_result blocks: the text of those results),
+read per request, overriding `mode`:
+    [upstream:tool:NAME:{json}]   answer with a tool_use block (name NAME, input the
+                                  JSON object) instead of text; several markers = several
+                                  tool_use blocks in one message (parallel calls);
+                                  stop_reason "tool_use".  Ids: toolu_fake_<10 hex>.
+    [upstream:json:{json}]        when the request offers a StructuredOutput tool (the
+                                  CLI's --json-schema) and no tool marker applies: call it
+                                  with this object (the last such marker in any user text;
+                                  without one: {}).  At most two StructuredOutput calls per
+                                  conversation, then text.
+    [upstream:think:TEXT]         a thinking block (thinking_delta per word, then one
+                                  signature_delta; signature "fakesig_<hex>") before
+                                  the answer.
+    [upstream:words:N]            the text answer gets N extra words "w1 ... wN".
+    [upstream:error-429]          429 rate_limit_error with header retry-after: 7
+    [upstream:error-529]          529 overloaded_error "Overloaded"
+After tool results (last user message = tool_result blocks, no marker in them) the answer
+is text: "FAKE-REPLY after tool_result: <id>=<is_error>:<text>; ..." in the order of the
+results.
+max_tokens: 1 word = 1 token; a text answer longer than the request's max_tokens words is
+cut there and ends with stop_reason "max_tokens" (output_tokens = max_tokens).
+
 Endpoints: HEAD/GET / -> 200; POST /v1/messages[?beta=true];
 POST /v1/messages/count_tokens -> {"input_tokens": 111}; anything else -> 404
 JSON in the Anthropic error format.
@@ -76,6 +100,130 @@ def reply_text(body):
     text = last_user_text(messages)
     return "FAKE-REPLY model=%s msgs=%d len_last=%d to: %s" % (
         model, len(messages), len(text), text)
+
+
+_MARK_START = "[upstream:"
+
+
+def _tool_results(messages):
+    """[(tool_use_id, is_error, text)] of the last user message's tool_result blocks."""
+    for msg in reversed(messages or []):
+        if not isinstance(msg, dict) or msg.get("role") != "user":
+            continue
+        out = []
+        content = msg.get("content")
+        for block in content if isinstance(content, list) else []:
+            if isinstance(block, dict) and block.get("type") == "tool_result":
+                c = block.get("content")
+                if isinstance(c, list):
+                    c = "".join(b.get("text", "") for b in c
+                                if isinstance(b, dict) and b.get("type") == "text")
+                out.append((block.get("tool_use_id"), bool(block.get("is_error")), c or ""))
+        return out
+    return []
+
+
+def _all_user_text(messages):
+    out = []
+    for msg in messages or []:
+        if isinstance(msg, dict) and msg.get("role") == "user":
+            c = msg.get("content")
+            if isinstance(c, str):
+                out.append(c)
+            elif isinstance(c, list):
+                out.extend(b.get("text", "") for b in c
+                           if isinstance(b, dict) and b.get("type") == "text")
+    return "\n".join(out)
+
+
+def _so_done(messages):
+    """True once a StructuredOutput tool_use got a non-error result (or was tried twice)."""
+    tries = 0
+    for msg in messages or []:
+        if isinstance(msg, dict) and msg.get("role") == "assistant" and isinstance(msg.get("content"), list):
+            tries += sum(1 for b in msg["content"] if isinstance(b, dict)
+                         and b.get("type") == "tool_use" and b.get("name") == "StructuredOutput")
+    return tries >= 2
+
+
+def parse_markers(text):
+    """[(kind, arg)] of the [upstream:...] markers in text, in order.  kind "tool" has
+    arg (name, input dict); "json" arg dict; "think" arg str; "words" arg int;
+    "error-429"/"error-529" arg None."""
+    out = []
+    pos = 0
+    dec = json.JSONDecoder()
+    while True:
+        i = text.find(_MARK_START, pos)
+        if i < 0:
+            return out
+        j = i + len(_MARK_START)
+        pos = j
+        try:
+            if text.startswith("tool:", j):
+                name, _, _ = text[j + 5:].partition(":")
+                k = j + 5 + len(name) + 1
+                obj, end = dec.raw_decode(text, k)
+                if text[end:end + 1] == "]":
+                    out.append(("tool", (name, obj)))
+                    pos = end + 1
+            elif text.startswith("json:", j):
+                obj, end = dec.raw_decode(text, j + 5)
+                if text[end:end + 1] == "]":
+                    out.append(("json", obj))
+                    pos = end + 1
+            elif text.startswith("think:", j):
+                end = text.index("]", j)
+                out.append(("think", text[j + 6:end]))
+                pos = end + 1
+            elif text.startswith("words:", j):
+                end = text.index("]", j)
+                out.append(("words", int(text[j + 6:end])))
+                pos = end + 1
+            elif text.startswith("error-429]", j) or text.startswith("error-529]", j):
+                out.append((text[j:j + 9], None))
+                pos = j + 10
+        except ValueError:
+            continue
+
+
+def plan_answer(body):
+    """-> (blocks, stop_reason, error) for one request.  blocks: [{"type": "thinking",
+    "thinking": str} | {"type": "text", "text": str} | {"type": "tool_use", "name", "input"}];
+    error: None or "error-429" / "error-529"."""
+    messages = body.get("messages") or []
+    results = _tool_results(messages)
+    tool_names = [t.get("name") for t in body.get("tools") or [] if isinstance(t, dict)]
+    if results:
+        marker_text = "\n".join(r[2] for r in results)
+    else:
+        marker_text = last_user_text(messages)
+    marks = parse_markers(marker_text)
+    for kind, _ in marks:
+        if kind in ("error-429", "error-529"):
+            return [], None, kind
+    blocks = []
+    for kind, arg in marks:
+        if kind == "think":
+            blocks.append({"type": "thinking", "thinking": arg})
+    tools = [arg for kind, arg in marks if kind == "tool"]
+    if not tools and "StructuredOutput" in tool_names and not _so_done(messages):
+        objs = [arg for kind, arg in parse_markers(_all_user_text(messages)) if kind == "json"]
+        tools.append(("StructuredOutput", objs[-1] if objs else {}))
+    if tools:
+        for name, inp in tools:
+            blocks.append({"type": "tool_use", "name": name, "input": inp})
+        return blocks, "tool_use", None
+    if results:
+        text = "FAKE-REPLY after tool_result: " + "; ".join(
+            "%s=%s:%s" % (tid, "true" if err else "false", txt) for tid, err, txt in results)
+    else:
+        text = reply_text(body)
+    extra = [arg for kind, arg in marks if kind == "words"]
+    if extra:
+        text += " " + " ".join("w%d" % i for i in range(1, extra[0] + 1))
+    blocks.append({"type": "text", "text": text})
+    return blocks, "end_turn", None
 
 
 def split_words(text):
@@ -182,31 +330,61 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, {"input_tokens": USAGE["input_tokens"]})
             return
 
-        fake._record(body)
+        fake._record(body, dict(self.headers.items()))
         kind, extra, delay = parse_mode(fake.mode)
+        blocks, stop, error = plan_answer(body)
+        if error == "error-429":
+            kind = error
+        elif error == "error-529":
+            kind = error
         if kind == "error-401":
             self._send_error(401, "authentication_error", "invalid x-api-key")
             return
         if kind == "error-500":
             self._send_error(500, "api_error", "fake: internal server error")
             return
+        if kind == "error-429":
+            self._send_json(429, {"type": "error", "error": {
+                "type": "rate_limit_error",
+                "message": "fake: rate limited, retry later"}},
+                {"retry-after": "7"})
+            return
+        if kind == "error-529":
+            self._send_error(529, "overloaded_error", "Overloaded")
+            return
 
-        text = reply_text(body)
         if extra:
-            text += " " + " ".join("tick%d" % i for i in range(1, extra + 1))
+            for b in blocks:
+                if b["type"] == "text":
+                    b["text"] += " " + " ".join("tick%d" % i for i in range(1, extra + 1))
+        # max_tokens: 1 word = 1 token; cut a longer text answer there.
+        out_tokens = USAGE["output_tokens"]
+        limit = body.get("max_tokens")
+        if isinstance(limit, int) and stop == "end_turn":
+            for b in blocks:
+                if b["type"] == "text":
+                    words = split_words(b["text"])
+                    if len(words) > limit:
+                        b["text"] = "".join(words[:limit]).rstrip(" ")
+                        stop, out_tokens = "max_tokens", limit
+        for b in blocks:
+            if b["type"] == "tool_use":
+                b["id"] = "toolu_fake_" + uuid.uuid4().hex[:10]
+            if b["type"] == "thinking":
+                b["signature"] = "fakesig_" + uuid.uuid4().hex[:24]
         model = body.get("model", "")
         msg_id = "msg_fake_" + uuid.uuid4().hex[:16]
         if body.get("stream"):
-            self._stream(msg_id, model, text, delay)
+            self._stream(msg_id, model, blocks, stop, out_tokens, delay)
         else:
             if delay:
-                time.sleep(delay * len(split_words(text)))
+                time.sleep(delay * sum(len(split_words(b.get("text", ""))) for b in blocks))
             self._send_json(200, {
                 "id": msg_id, "type": "message", "role": "assistant",
                 "model": model,
-                "content": [{"type": "text", "text": text}],
-                "stop_reason": "end_turn", "stop_sequence": None,
-                "usage": dict(USAGE),
+                "content": blocks,
+                "stop_reason": stop, "stop_sequence": None,
+                "usage": dict(USAGE, output_tokens=out_tokens),
             })
 
     # -- SSE --------------------------------------------------------------
@@ -217,7 +395,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _event(self, name, obj):
         self._chunk(("event: %s\ndata: %s\n\n" % (name, json.dumps(obj))).encode())
 
-    def _stream(self, msg_id, model, text, delay):
+    def _stream(self, msg_id, model, blocks, stop, out_tokens, delay):
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
         self.send_header("Cache-Control", "no-cache")
@@ -230,28 +408,50 @@ class _Handler(BaseHTTPRequestHandler):
                 "id": msg_id, "type": "message", "role": "assistant",
                 "model": model, "content": [], "stop_reason": None,
                 "stop_sequence": None, "usage": start_usage}})
-            self._event("content_block_start", {
-                "type": "content_block_start", "index": 0,
-                "content_block": {"type": "text", "text": ""}})
-            self._event("ping", {"type": "ping"})
-            for word in split_words(text):
-                if delay:
-                    if self.server.fake._stopping.wait(delay):
-                        break  # server shutting down: end the stream now
-                self._event("content_block_delta", {
-                    "type": "content_block_delta", "index": 0,
-                    "delta": {"type": "text_delta", "text": word}})
-            self._event("content_block_stop",
-                        {"type": "content_block_stop", "index": 0})
+            for index, b in enumerate(blocks):
+                self._block(index, b, delay)
             self._event("message_delta", {
                 "type": "message_delta",
-                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                "usage": {"output_tokens": USAGE["output_tokens"]}})
+                "delta": {"stop_reason": stop, "stop_sequence": None},
+                "usage": {"output_tokens": out_tokens}})
             self._event("message_stop", {"type": "message_stop"})
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError, OSError):
             self.close_connection = True  # client went away mid-stream
+
+    def _delta(self, index, delta):
+        self._event("content_block_delta", {
+            "type": "content_block_delta", "index": index, "delta": delta})
+
+    def _block(self, index, b, delay):
+        t = b["type"]
+        if t == "text":
+            start = {"type": "text", "text": ""}
+        elif t == "thinking":
+            start = {"type": "thinking", "thinking": "", "signature": ""}
+        else:
+            start = {"type": "tool_use", "id": b["id"], "name": b["name"], "input": {}}
+        self._event("content_block_start", {
+            "type": "content_block_start", "index": index, "content_block": start})
+        if index == 0:
+            self._event("ping", {"type": "ping"})
+        if t == "text":
+            for word in split_words(b["text"]):
+                if delay:
+                    if self.server.fake._stopping.wait(delay):
+                        break  # server shutting down: end the stream now
+                self._delta(index, {"type": "text_delta", "text": word})
+        elif t == "thinking":
+            for word in split_words(b["thinking"]):
+                self._delta(index, {"type": "thinking_delta", "thinking": word})
+            self._delta(index, {"type": "signature_delta", "signature": b["signature"]})
+        else:
+            args = json.dumps(b["input"])
+            half = len(args) // 2
+            for part in ("", args[:half], args[half:]):
+                self._delta(index, {"type": "input_json_delta", "partial_json": part})
+        self._event("content_block_stop", {"type": "content_block_stop", "index": index})
 
 
 class _Server(ThreadingHTTPServer):
@@ -267,6 +467,7 @@ class FakeAnthropic:
         self.mode = mode
         self.verbose = verbose
         self.requests = []   # parsed JSON bodies of POST /v1/messages
+        self.request_headers = []  # their headers (dicts), same order
         self.hits = []       # (method, raw path) of every request received
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -276,9 +477,10 @@ class FakeAnthropic:
         self.url = "http://%s:%d" % (self.host, self.port)
         self._thread = None
 
-    def _record(self, body):
+    def _record(self, body, headers=None):
         with self._lock:
             self.requests.append(body)
+            self.request_headers.append(headers or {})
 
     def _hit(self, method, path):
         with self._lock:
