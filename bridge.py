@@ -1315,6 +1315,9 @@ class Backend:
     def listening(self, url):
         """The bridge's own base URL, once it listens (for backends that call back)."""
 
+    def draining(self):
+        """The bridge is stopping: end what waits on clients that may never come back."""
+
     def shutdown(self):
         """End whatever the backend still runs."""
 
@@ -1780,6 +1783,13 @@ class ClaudeBackend(Backend):
     def listening(self, url):
         self.mcp_url = url.rstrip("/") + "/mcp/"
 
+    def draining(self):
+        self.held.shutdown()  # their MCP calls would hold the drain to its end
+
+    def idle_room(self, idle):
+        """Whether one more warm or kept CLI fits beside `idle` ones (CLAUDE_IDLE_MAX)."""
+        return idle < self.settings.claude_idle_max
+
     def binary(self):
         """Absolute path of the CLI, or raise BackendUnavailable saying how to get it."""
         name = self.settings.claude_bin or "claude"
@@ -1796,7 +1806,7 @@ class ClaudeBackend(Backend):
         return True
 
     def models(self):
-        names = ["claude-code", *self.aliases]
+        names = ["claude-code", *self.aliases, *self.settings.model_aliases]
         if self.settings.claude_default_model not in names:
             names.append(self.settings.claude_default_model)
         return [{"id": name, "object": "model", "created": self.started,
@@ -1818,30 +1828,52 @@ class ClaudeBackend(Backend):
 
     def describe(self):
         state = self.health()
-        return f"claude: {state['version'] or state['error']}"
+        words = [state["version"] or state["error"]]
+        if state["version"] and not state["logged_in"]:
+            words.append("NOT LOGGED IN")
+        if state["warning"]:
+            words.append(f"WARNING: {state['warning']}")
+        return "claude: " + ", ".join(words)
 
     def health(self):
         """Binary and version, cached for a minute so probes never pay a CLI start."""
         return self._health.get()
 
     def _probe(self):
-        state = {"ok": False, "binary": None, "version": None, "error": None}
+        """The CLI's version, and whether it has credentials: `claude auth status` looks
+        at them without a call to the API (so an expired login still looks fine)."""
+        state = {"ok": False, "binary": None, "version": None, "logged_in": None,
+                 "warning": None, "error": None}
         try:
             state["binary"] = self.binary()
-            out = subprocess.run([state["binary"], "--version"], capture_output=True,
-                                 timeout=15, stdin=subprocess.DEVNULL, env=self.env,
-                                 cwd=self.workdir)
-            text = out.stdout.decode("utf-8", "replace").strip()
-            if out.returncode == 0 and text:
-                state.update(ok=True, version=text.splitlines()[0])
-            else:
-                err = out.stderr.decode("utf-8", "replace").strip() or text
-                state["error"] = f"`claude --version` exited {out.returncode}: {err[:300]}"
+            code, text, err = self._run_cli(state["binary"], "--version")
+            if code != 0 or not text:
+                state["error"] = f"`claude --version` exited {code}: {(err or text)[:300]}"
+                return state
+            state["version"] = text.splitlines()[0]
+            if _version(state["version"]) < _OLDEST_TESTED:
+                state["warning"] = (f"CLI {state['version']} is older than "
+                                    f"{'.'.join(map(str, _OLDEST_TESTED))}, the oldest tested")
+            code, text, err = self._run_cli(state["binary"], "auth", "status", "--json")
+            try:
+                state["logged_in"] = bool(json.loads(text).get("loggedIn"))
+            except (ValueError, AttributeError):
+                state["logged_in"] = code == 0
+            state["ok"] = state["logged_in"]
+            if not state["ok"]:
+                state["error"] = "the CLI is not logged in" + _LOGIN_HINT
         except BackendUnavailable as exc:
             state["error"] = exc.message
         except (OSError, subprocess.SubprocessError) as exc:
             state["error"] = f"cannot run {state['binary']}: {exc}"
         return state
+
+    def _run_cli(self, binary, *args):
+        """(exit code, stdout, stderr) of a quick CLI command."""
+        out = subprocess.run([binary, *args], capture_output=True, timeout=15,
+                             stdin=subprocess.DEVNULL, env=self.env, cwd=self.workdir)
+        return (out.returncode, out.stdout.decode("utf-8", "replace").strip(),
+                out.stderr.decode("utf-8", "replace").strip())
 
     def open(self, chat):
         if chat.model != "claude-code" and not _MODEL_NAME.match(chat.model):
@@ -1955,7 +1987,9 @@ class ClaudeBackend(Backend):
         """A CLI slot: a free one, else one an idle warm CLI gives up, else wait in line."""
         if self.slots.acquire(blocking=False):
             return True
-        self.pool.evict_one() or self.live.evict_one()
+        # Idle CLIs give way first; then the run held longest for a client's tool results
+        # (those results, if they come, start a new run from the history).
+        self.pool.evict_one() or self.live.evict_one() or self.held.evict_one()
         return self.line.wait(lambda seconds: self.slots.acquire(timeout=seconds),
                               timeout, gone)
 
@@ -1999,8 +2033,16 @@ class LiveSessions:
         return None
 
     def park(self, client_id, proc, tail, claude_uuid, key):
-        """Keep a CLI that just answered a turn well, for the session's next turn."""
+        """Keep a CLI that just answered a turn well, for the session's next turn (a warm
+        CLI, else the least recently kept one, makes room under CLAUDE_IDLE_MAX)."""
         entry = Cli(proc, tail, time.monotonic(), claude_uuid, key)
+        backend = self.backend
+        while not backend.idle_room(backend.pool.count() + self.count()) and \
+                (backend.pool.evict_one() or self.evict_one()):
+            pass
+        if not backend.idle_room(backend.pool.count() + self.count()):
+            self._discard(entry)  # CLAUDE_IDLE_MAX=0: never kept
+            return
         with self.lock:
             if self.closed.is_set():
                 old = entry
@@ -2065,10 +2107,16 @@ class WarmPool:
     holds one of the CLAUDE_MAX_CONCURRENCY slots, and gives it up when a request needs
     it."""
 
+    # Keys whose uses are counted (least recently used forgotten).
+    SEEN_MAX = 256
+
     def __init__(self, backend, size, max_keys):
         self.backend = backend
         self.size = size
         self.max_keys = max_keys
+        settings = backend.settings
+        self.models, self.after = settings.claude_warm_models, settings.claude_warm_after
+        self.seen = collections.OrderedDict()  # key -> requests that used it
         self.lock = threading.Lock()
         self.idle = collections.OrderedDict()  # key -> [Cli]
         self.starting = collections.Counter()  # key -> CLIs being started for it
@@ -2091,8 +2139,16 @@ class WarmPool:
             self._discard(entry)  # died or too old: never hand it out
 
     def want(self, key):
-        """Fill key's place in the pool in the background."""
-        if self.size and not self.closed:
+        """A request used key: fill its place in the pool in the background, if it is a
+        configured model's (with no system prompt) or was used often enough."""
+        if not self.size or self.closed:
+            return
+        with self.lock:
+            uses = self.seen.pop(key, 0) + 1
+            self.seen[key] = uses
+            if len(self.seen) > self.SEEN_MAX:
+                self.seen.popitem(last=False)
+        if uses >= self.after or (key.model in self.models and not key.system):
             self.backend.workers.submit(lambda: self._fill(key))
 
     def _fill(self, key):
@@ -2101,6 +2157,9 @@ class WarmPool:
                 # CLIs still starting count too: two refills must not both start one.
                 if len(self.idle.get(key, ())) + self.starting[key] >= self.size:
                     return
+                idle = self.count_locked() + sum(self.starting.values())
+                if not self.backend.idle_room(idle + self.backend.live.count()):
+                    return  # CLAUDE_IDLE_MAX: kept session CLIs come first
                 if not self.backend.slots.acquire(blocking=False):
                     return
                 self.starting[key] += 1
@@ -2147,7 +2206,10 @@ class WarmPool:
     def count(self):
         """Idle warm CLIs."""
         with self.lock:
-            return sum(len(v) for v in self.idle.values())
+            return self.count_locked()
+
+    def count_locked(self):
+        return sum(len(v) for v in self.idle.values())
 
     def shutdown(self):
         """End every idle warm CLI."""
@@ -2199,6 +2261,8 @@ _NO_CONVERSATION = "No conversation found"
 # From this version on, a resumed run's total_cost_usd is the session's total so far;
 # up to 2.1.276, the run's own (bisected over the published versions, fake API).
 _CUMULATIVE_COST_SINCE = (2, 1, 277)
+# The oldest CLI the tests run (what npm installs on Node 20); older ones get a warning.
+_OLDEST_TESTED = (2, 1, 197)
 _RETRY_AFTER = re.compile(r"retry[- ]after\D{0,20}(\d{1,5})|try again in (\d{1,5}) ?s", re.I)
 _LOGIN_HINT = (" (the bridge runs the CLI as its own user: log that user in with `claude`, "
                "or give the bridge ANTHROPIC_API_KEY)")
@@ -2290,6 +2354,7 @@ class ToolBroker:
         self.single = single  # parallel_tool_calls=false: one call per reply
         self.wait = wait  # seconds a call may wait for its result
         self.forwarded = set()  # ids of the calls the client was sent, every round
+        self.dropped = set()  # ... and of those it was not (parallel_tool_calls=false)
         self.results = {}  # call id -> (text, is_error)
         self.config_file = None  # the CLI's --mcp-config, a private file
         self.cond = threading.Condition()
@@ -2326,8 +2391,8 @@ class ToolBroker:
         call_id = str((params.get("_meta") or {}).get("claudecode/toolUseId") or "")
         with self.cond:
             # The CLI may call before the bridge has read the reply that carries the call.
-            self.cond.wait_for(lambda: call_id in self.forwarded or not self.round_open
-                               or self.closed, self.wait)
+            self.cond.wait_for(lambda: call_id in self.forwarded or call_id in self.dropped
+                               or not self.round_open or self.closed, self.wait)
             if call_id not in self.forwarded:
                 return ("Not run: call one tool at a time (the client asked for no parallel "
                         "calls); call it again after this result." if self.single else
@@ -2335,10 +2400,11 @@ class ToolBroker:
             self.cond.wait_for(lambda: call_id in self.results or self.closed, self.wait)
             return self.results.get(call_id) or ("The client sent no result.", True)
 
-    def end_round(self, calls):
-        """The reply is read: these calls (ids) went to the client."""
+    def end_round(self, calls, dropped):
+        """The reply is read: these calls (ids) went to the client, those did not."""
         with self.cond:
             self.forwarded.update(calls)
+            self.dropped.update(dropped)
             self.round_open = False
             self.cond.notify_all()
 
@@ -2375,25 +2441,31 @@ def _tool_rules(params):
     return " ".join(rules)
 
 
-def _history_digest(messages):
+def _history_digest(messages, legacy=False):
     """What a client's resent history must match: roles, texts and tool call ids (the
-    assistant's text is left out: clients drop it beside tool calls)."""
+    assistant's text is left out: clients drop it beside tool calls). Legacy function
+    calls have no ids: their names stand in."""
     digest = hashlib.sha256()
     for m in messages:
-        ids = [c.id for c in m.tool_calls]
+        ids = [c.name if legacy else c.id for c in m.tool_calls]
         item = ("system" if m.is_system else m.role,
                 ids if m.role == "assistant" else m.text.strip(), m.tool_call_id)
         digest.update(_dumps(item).encode("utf-8") + b"\n")
     return digest.hexdigest()
 
 
-def _tool_results(chat):
-    """The trailing tool messages of a request: (the history before them, {id: text})."""
+def _tool_results(chat, held=None):
+    """The trailing tool messages of a request: (the history before them, {id: text});
+    with the run they continue, legacy results (by function name) under its call ids."""
     turns = chat.messages
     end = len(turns)
     while end and turns[end - 1].role == "tool":
         end -= 1
-    return turns[:end], {m.tool_call_id: m.text for m in turns[end:]}
+    results = {m.tool_call_id: m.text for m in turns[end:]}
+    if held is not None and chat.params.get("legacy_functions"):
+        results = {call_id: results["fn:" + name] for call_id, name in held.names.items()
+                   if "fn:" + name in results}
+    return turns[:end], results
 
 
 class HeldRun(typing.NamedTuple):
@@ -2406,6 +2478,7 @@ class HeldRun(typing.NamedTuple):
     session: object  # the ClaudeSession it serves, or None
     spec: object
     first_call: str  # the id of the reply's first call, which the results must name
+    names: dict  # call id -> function name
     since: float
     was_held: bool  # the run had a kept CLI: its cost is counted from the session's
 
@@ -2433,12 +2506,13 @@ class HeldRuns:
     def claim(self, chat):
         """The held run a request's tool results continue, or None."""
         history, results = _tool_results(chat)
+        legacy = bool(chat.params.get("legacy_functions"))
         if not results:
             return None
         with self.lock:
             for first, held in self.items.items():
-                if first in results:
-                    if held.digest != _history_digest(history):
+                if ("fn:" + held.names[first] if legacy else first) in results:
+                    if held.digest != _history_digest(history, legacy):
                         return None  # the same ids after another history: never mix
                     return self.items.pop(first)
         return None
@@ -2459,6 +2533,15 @@ class HeldRuns:
         held.broker.close()
         self.backend.reap(held.proc)
         self.backend.slots.release()
+
+    def evict_one(self):
+        """End the run held longest, freeing its slot; False if none."""
+        with self.lock:
+            if not self.items:
+                return False
+            held = self.items.pop(min(self.items, key=lambda k: self.items[k].since))
+        self.end(held)
+        return True
 
     def count(self):
         with self.lock:
@@ -2683,7 +2766,8 @@ class ClaudeRun(Run):
             self.proc = proc
         self._send(proc, prompt, keep)
         parser = _ClaudeEvents(backend.settings.claude_tool_notes,
-                               self.chat.params.get("parallel_tool_calls") is False)
+                               self.chat.params.get("parallel_tool_calls") is False,
+                               getattr(proc, "tools", None) is not None)
         return (yield from self._read(proc, stderr, parser, session, was_held, heal, keep))
 
     def _continue(self):
@@ -2693,7 +2777,7 @@ class ClaudeRun(Run):
             self.proc = held.proc
         self.slot_held = True
         held.parser.next_reply()
-        held.broker.answer(_tool_results(self.chat)[1])
+        held.broker.answer(_tool_results(self.chat, held)[1])
         yield from self._read(held.proc, held.stderr, held.parser, held.session,
                               held.was_held, False, False)
 
@@ -2777,14 +2861,16 @@ class ClaudeRun(Run):
         """The reply ended in calls of the client's functions: keep the CLI (and its slot)
         waiting for the results, which the client's next request brings."""
         broker = proc.tools
-        broker.end_round(parser.calls)
-        calls = tuple(ToolCall(call_id, "", "") for call_id in parser.calls)
-        digest = _history_digest([*self.chat.messages, Message("assistant", calls)])
+        broker.end_round(parser.calls, parser.dropped)
+        calls = tuple(ToolCall(call_id, parser.names[call_id], "") for call_id in parser.calls)
+        digest = _history_digest([*self.chat.messages, Message("assistant", calls)],
+                                 bool(self.chat.params.get("legacy_functions")))
         with self.proc_lock:
             self.proc = None
         self.slot_held = False
         self.backend.held.park(HeldRun(proc, stderr, parser, broker, digest, session, self.spec,
-                                       calls[0].id, time.monotonic(), was_held))
+                                       calls[0].id, dict(parser.names), time.monotonic(),
+                                       was_held))
 
     def _send(self, proc, prompt, keep):
         """Write the turn's one stream-json message (its images as content blocks)."""
@@ -2841,8 +2927,9 @@ def _tool_note(block):
 class _ClaudeEvents:
     """Turns stream-json lines into bridge events."""
 
-    def __init__(self, tool_notes=False, single=False):
+    def __init__(self, tool_notes=False, single=False, client_tools=False):
         self.tool_notes = tool_notes  # Claude Code's own tool uses as reasoning lines
+        self.client_tools = client_tools  # the bridge serves the client's functions
         self.single = single  # forward one client tool call per reply, no more
         self.stop_reason = None  # of the message streaming now
         self.waiting = False  # the reply ended in client tool calls: the CLI waits
@@ -2856,6 +2943,8 @@ class _ClaudeEvents:
         self.blocks = {}  # the same for thinking (its text) and client tool calls (index)
         self.assistant_blocks = collections.Counter()  # message id -> assistant lines seen
         self.calls = {}  # a client tool call's id -> its index in this reply
+        self.names = {}  # ... -> its function's name
+        self.dropped = set()  # ids of calls kept from the client (parallel_tool_calls=false)
         self.api_error = None
         self.api_status = None
         self.version = None  # the CLI's, from its init line
@@ -2909,7 +2998,7 @@ class _ClaudeEvents:
         if etype == "content_block_start":
             block = event.get("content_block") or {}
             name = str(block.get("name") or "")
-            if block.get("type") == "tool_use" and name.startswith(_CLIENT_TOOL_PREFIX):
+            if block.get("type") == "tool_use" and self._is_client(name):
                 return self._client_call(block, (message_id, event.get("index", 0)), "")
         elif etype == "message_start":
             usage = (event.get("message") or {}).get("usage")
@@ -2979,7 +3068,7 @@ class _ClaudeEvents:
 
     def _tool_use(self, block, key, fresh):
         name = str(block.get("name") or "")
-        if not name.startswith(_CLIENT_TOOL_PREFIX):
+        if not self._is_client(name):
             own = self.tool_notes and name != "StructuredOutput"
             return [ReasoningDelta(_tool_note(block))] if own else []
         return self._client_call(block, key, _dumps(block.get("input") or {})) if fresh else []
@@ -2989,11 +3078,16 @@ class _ClaudeEvents:
         parallel_tool_calls=false only the first; the CLI is told to call the rest later)."""
         call_id = str(block.get("id"))
         if self.single and self.calls and call_id not in self.calls:
+            self.dropped.add(call_id)
             return [PROGRESS]
         index = self.calls.setdefault(call_id, len(self.calls))
         self.blocks[key] = index
-        name = str(block.get("name"))[len(_CLIENT_TOOL_PREFIX):]
+        name = self.names[call_id] = str(block.get("name"))[len(_CLIENT_TOOL_PREFIX):]
         return [ToolCallStart(index, call_id, name, arguments)]
+
+    def _is_client(self, name):
+        # (Without the bridge's MCP server, a user's own server may be called "client".)
+        return self.client_tools and name.startswith(_CLIENT_TOOL_PREFIX)
 
     def end_reply(self):
         """The Final of a reply that ended in tool calls; the run goes on after it."""
@@ -3673,14 +3767,17 @@ def _tool_params(body):
         params["tools"] = _tool_list([{"type": "function", "function": f}
                                       for f in body["functions"]], "functions")
         params["legacy_functions"] = True
-        call = body.get("function_call")
-        if call is not None:
-            params["tool_choice"] = _tool_choice(
-                {"type": "function", "function": call} if isinstance(call, dict) else call,
-                "function_call")
         params["parallel_tool_calls"] = False
     elif body.get("tools") is not None:
         params["tools"] = _tool_list(body["tools"], "tools")
+    call = body.get("function_call")
+    if call is not None:
+        if isinstance(call, str) and call not in ("none", "auto"):
+            raise InvalidRequest("function_call must be none, auto or {\"name\": ...}.",
+                                 param="function_call")
+        params["tool_choice"] = _tool_choice(
+            {"type": "function", "function": call} if isinstance(call, dict) else call,
+            "function_call")
     if body.get("tool_choice") is not None:
         params["tool_choice"] = _tool_choice(body["tool_choice"], "tool_choice")
     if body.get("parallel_tool_calls") is not None:
@@ -3720,7 +3817,12 @@ def _message(msg, i):
     """One OpenAI chat message as a Message."""
     _expect(msg, (dict,), f"messages[{i}]", "an object")
     role = msg.get("role")
-    if role == "function" or (role == "assistant" and msg.get("function_call") is not None):
+    if role == "assistant" and msg.get("function_call") is not None:
+        if msg.get("tool_calls") is not None:
+            raise InvalidRequest("Send tool_calls or the legacy function_call, not both.",
+                                 param=f"messages[{i}].function_call")
+        return _legacy_message(msg, i)
+    if role == "function":
         return _legacy_message(msg, i)
     if role not in _ROLES:
         what = "is missing" if role is None else f"{role!r} is not a known role"
@@ -4087,6 +4189,11 @@ class Bridge:
         """The server is bound: tell the backends where the bridge is."""
         for backend in self.backends:
             backend.listening(url)
+
+    def draining(self):
+        """Stopping: new requests are refused, those running get their grace."""
+        for backend in self.backends:
+            backend.draining()
 
     def end_children(self):
         """End everything the backends still run."""
@@ -4678,6 +4785,7 @@ def create_server(settings, app=None):
 def stop_server(server, thread, timeout=5.0):
     """Stop a server whose run() loop is in `thread`, closing sockets in that loop."""
     from waitress import wasyncore
+    server.app.bridge.draining()
     # Closing the sockets from another thread races the poll loop; a thunk runs inside it.
     try:
         server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
@@ -4701,6 +4809,7 @@ def serve(server, stop, grace, hurry=None):
         # Short polls: a signal only sets `stop`, and is seen within 0.1 s.
         wasyncore.loop(timeout=0.1, **loop)
     wasyncore.dispatcher.close(server)  # the listening socket only: no new connections
+    bridge.draining()
     deadline = time.monotonic() + grace
     dispatcher = server.task_dispatcher
 
@@ -4875,7 +4984,7 @@ def openapi_document(version, providers=("ollama", "claude")):
                             "Ollama.", "description": about,
                  "license": {"name": "MIT", "identifier": "MIT"}},
         "security": [{"bearerAuth": []}],
-        "paths": {**_oa_chat_path(), **_oa_other_paths(providers)},
+        "paths": {**_oa_chat_path(), **_oa_other_paths(providers), **_oa_mcp_path()},
         "components": {
             "securitySchemes": {"bearerAuth": {
                 "type": "http", "scheme": "bearer", "description":
@@ -4916,6 +5025,10 @@ def _oa_chat_path():
                          "of chat.completion.chunk events ending with `data: [DONE]`.",
                          _oa_ref("ChatCompletion"))
     reply["content"]["text/event-stream"] = {"schema": _oa_ref("ChatCompletionStreamEvent")}
+    reply["headers"]["X-Bridge-Ignored-Params"] = {
+        "description": "The request's parameters the backend could not honour, comma-"
+                       "separated (STRICT_PARAMS=true makes them a 400 instead).",
+        "schema": {"type": "string"}}
     session = {"name": "X-Session-ID", "in": "header", "required": False, "description":
                "Keep the conversation on the bridge's side (Claude's session store, or memory "
                "for Ollama): later turns send only their new messages. 1 to "
@@ -4933,19 +5046,42 @@ def _oa_chat_path():
                              "`model_not_found`)."),
             "413": _oa_error("The body is larger than MAX_BODY_MB (code "
                              f"`{PayloadTooLarge.code}`)."),
-            "429": _oa_error("No free Claude slot within CLAUDE_QUEUE_TIMEOUT, or another turn "
-                             "of the same session is still running.",
+            "429": _oa_error("No free Claude slot within CLAUDE_QUEUE_TIMEOUT, another turn "
+                             "of the same session is still running, or Anthropic's rate "
+                             "limit (code `upstream_rate_limited`).",
                              {**retry_after, "required": True}),
             "502": _oa_error("The backend failed: the CLI's own message, Ollama unreachable "
                              "(code `backend_unreachable`) or Ollama's error."),
-            "503": _oa_error("The CLI is not installed (code `claude_not_found`), or Ollama is "
-                             "busy (code `backend_busy`, with Retry-After).", retry_after),
+            "503": _oa_error("The CLI is not installed (code `claude_not_found`), Anthropic is "
+                             "overloaded (code `upstream_overloaded`, with Retry-After) or "
+                             "Ollama is busy (code `backend_busy`, with Retry-After).",
+                             retry_after),
             "504": _oa_error("CLAUDE_TIMEOUT, CLAUDE_IDLE_TIMEOUT or OLLAMA_TIMEOUT passed "
                              f"(code `{BackendTimeout.code}`).")},
         description="Every request whose body is a JSON object is one row in the usage log, "
                     "refused ones included. A stream that fails after it began sends one "
                     "`data: {\"error\": {...}}` event and ends without `[DONE]`.",
         parameters=[session, _oa_ref("X-Request-ID", "parameters")], body=body)}
+
+
+def _oa_mcp_path():
+    token = {"name": "token", "in": "path", "required": True, "schema": {"type": "string"},
+             "description": "The unguessable token of one CLI run."}
+    body = {"required": True, "content": {_JSON: {"schema": _oa_object(["jsonrpc"], {
+        "jsonrpc": {"const": "2.0"}, "id": {"type": ["integer", "string"]},
+        "method": "string", "params": "object"})}}}
+    return {"/mcp/{token}": _oa_operation(
+        "serveClientTools", "internal", "The client's functions, as an MCP server, for the "
+        "one Claude CLI run this token was made for (JSON-RPC over plain JSON POSTs).", {
+            "200": _oa_response("The JSON-RPC answer.", {"type": "object"}),
+            "202": {"description": "A notification, taken.",
+                    "headers": {"X-Request-ID": _oa_ref("X-Request-ID", "headers")}},
+            "400": _oa_ref("BadRequest", "responses"),
+            "401": _oa_ref("Unauthorized", "responses"),
+            "404": _oa_error("No run with this token is running (code `not_found`).")},
+        description="Only for the CLI the bridge started: its --mcp-config names this path "
+                    "(and the key, when CLAUDE_AUTH_KEY is set). Clients never call it.",
+        parameters=[token], body=body)}
 
 
 def _oa_chat_examples():
@@ -5058,11 +5194,13 @@ def _oa_other_paths(providers):
 
 def _oa_chat_request():
     """What parse_chat_request and _chat_params accept."""
-    nullable, string = _oa_nullable, {"type": "string"}
+    nullable = _oa_nullable
     many = {"minimum": 1, "maximum": 10_000_000}
     named = _oa_object(["name"], {"name": "string"})
     json_schema = _oa_object(["name"], {"name": "string", "description": "string",
                                         "strict": "boolean?", "schema": "object"})
+    ignored = ("A backend that cannot honour it names it in X-Bridge-Ignored-Params "
+               "(a 400 under STRICT_PARAMS).")
     return _oa_object(["messages"], {
         "model": nullable(
             "string", description="`claude-code` (the CLI's default model), another Claude "
@@ -5076,25 +5214,50 @@ def _oa_chat_request():
             "include_usage": nullable("boolean", description="Send a last chunk with `usage` "
                                       "(and no choices) before `[DONE]`.")}},
         "n": nullable("integer", minimum=1, maximum=1, description="Only 1 is supported."),
-        "temperature": nullable("number", minimum=0, maximum=2,
-                                description="Ollama only; Claude ignores it."),
-        "top_p": nullable("number", minimum=0, maximum=1, description="Ollama only."),
-        "max_tokens": nullable("integer", **many, description="Ollama only (num_predict)."),
+        **{name: nullable(kind, minimum=low, maximum=high, description=f"{about} {ignored}")
+           for name, kind, low, high, about in (
+               ("temperature", "number", 0, 2, "Ollama only."),
+               ("top_p", "number", 0, 1, "Ollama only."),
+               ("presence_penalty", "number", -2, 2, "Ollama only."),
+               ("frequency_penalty", "number", -2, 2, "Ollama only."),
+               ("seed", "integer", -2 ** 63, 2 ** 63 - 1, "Ollama only."),
+               ("top_logprobs", "integer", 0, 20, "Not supported."))},
+        "logprobs": nullable("boolean", description="Not supported. " + ignored),
+        "logit_bias": nullable("object", description="Not supported. " + ignored),
+        "max_tokens": nullable("integer", **many, description="Caps the reply's tokens "
+                               "(Claude: CLAUDE_CODE_MAX_OUTPUT_TOKENS; Ollama: num_predict); "
+                               "finish_reason `length` when reached."),
         "max_completion_tokens": nullable("integer", **many,
-                                          description="Ollama only; wins over max_tokens."),
-        "stop": {"oneOf": [{"type": "null"}, string, {"type": "array", "items": string}],
-                 "description": "Ollama only."},
-        "seed": nullable("integer", minimum=-2 ** 63, maximum=2 ** 63 - 1,
-                         description="Ollama only."),
-        "tools": nullable("array", items=_oa_ref("Tool"), description="Ollama only: passed on "
-                          "as they are. Claude Code runs its own tools."),
-        "tool_choice": {"description": "Accepted and ignored.", "oneOf": [
+                                          description="As max_tokens, and wins over it."),
+        "stop": {"oneOf": [{"type": "null"}, {"type": "string", "minLength": 1},
+                           {"type": "array", "maxItems": 4,
+                            "items": {"type": "string", "minLength": 1}}],
+                 "description": "Up to 4 sequences; the reply ends before the first one "
+                                "(Claude: the bridge cuts the text and ends the run)."},
+        "reasoning_effort": {"enum": [None, *_REASONING_EFFORTS], "description": "Claude: "
+                             "--effort (none and minimal = low). " + ignored},
+        "tools": nullable("array", items=_oa_ref("Tool"), description="Functions the model "
+                          "may call. Claude: served to the CLI over MCP; a reply that calls "
+                          "them ends with finish_reason tool_calls, and the request that "
+                          "brings the results continues the same run."),
+        "tool_choice": {"description": "none (no tools offered), auto, required or a named "
+                        "function (Claude: asked for in the system prompt, and only that "
+                        "function offered; not guaranteed). " + ignored, "oneOf": [
             {"type": "null"}, {"type": "string", "enum": ["none", "auto", "required"]},
             _oa_object(["type", "function"], {"type": {"const": "function"},
                                               "function": named})]},
+        "parallel_tool_calls": nullable("boolean", description="false: at most one call per "
+                                        "reply (Claude: the rest are refused to the model). "
+                                        + ignored),
+        "functions": nullable("array", items=_oa_object(["name"], {
+            "name": "string", "description": "string", "parameters": "object"}),
+            description="The legacy form of tools (not both); the reply then uses "
+                        "function_call."),
+        "function_call": {"description": "The legacy tool_choice.", "oneOf": [
+            {"type": "null"}, {"type": "string", "enum": ["none", "auto"]}, named]},
         "response_format": {
-            "description": "Ollama only: json_object -> format \"json\", json_schema -> "
-                           "format <schema>.",
+            "description": "json_object or json_schema: the reply is JSON text (Claude: the "
+                           "CLI's structured output; Ollama: format).",
             "oneOf": [{"type": "null"},
                       _oa_object(["type"], {"type": {"enum": ["text", "json_object"]}}),
                       _oa_object(["type", "json_schema"], {"type": {"const": "json_schema"},
@@ -5118,6 +5281,7 @@ def _oa_message_schemas():
     content = {"oneOf": [{"type": "string"}, {"type": "array", "items": {
         "oneOf": [text, image]}}], "description": "Text, or content parts (text and "
                "images); the texts of the parts are joined with newlines."}
+    legacy_call = _oa_object(["name"], {"name": "string", "arguments": "string"})
     # A role added to _ROLES fails here, until it has its variant below.
     system, developer, user, assistant, tool = _ROLES
     return {
@@ -5131,16 +5295,23 @@ def _oa_message_schemas():
             _oa_object(["role"], {
                 "role": {"const": assistant},
                 "content": {"oneOf": [{"type": "null"}, *content["oneOf"]]}, "name": name,
-                "tool_calls": _oa_nullable("array", items=_oa_ref("MessageToolCall"))},
-                "`content` may be null or absent only with tool_calls.", anyOf=[
+                "tool_calls": _oa_nullable("array", items=_oa_ref("MessageToolCall")),
+                "function_call": {"oneOf": [{"type": "null"}, legacy_call]}},
+                "`content` may be null or absent only with tool_calls (or the legacy "
+                "function_call).", anyOf=[
                     {"required": ["content"],
                      "properties": {"content": {"type": ["string", "array"]}}},
                     {"required": ["tool_calls"],
-                     "properties": {"tool_calls": {"type": "array", "minItems": 1}}}]),
+                     "properties": {"tool_calls": {"type": "array", "minItems": 1}}},
+                    {"required": ["function_call"],
+                     "properties": {"function_call": {"type": "object"}}}]),
             _oa_object(["role", "content"], {
                 "role": {"const": tool}, "content": content, "tool_call_id": {
                     "type": "string",
-                    "description": "The id of the assistant tool call it answers."}})]},
+                    "description": "The id of the assistant tool call it answers."}}),
+            _oa_object(["role", "name"], {
+                "role": {"const": "function"}, "name": "string", "content": "string?"},
+                "A legacy function result: `name` stands for the call it answers.")]},
         "MessageToolCall": _oa_object(["function"], {
             "id": "string", "type": function, "function": _oa_object(["name"], {
                 "name": "string", "arguments": {
@@ -5156,29 +5327,41 @@ def _oa_reply_schemas():
     """What _complete and _stream answer."""
     function, null = {"const": "function"}, {"type": "null"}
     tokens = ("prompt_tokens", "completion_tokens", "total_tokens")
-    call_id = {"type": "string", "pattern": "^call_[0-9a-f]{24}$"}
+    legacy = _oa_record({"name": "string", "arguments": "string"},
+                        "The legacy reply to a request with functions.")
+    call_id = {"type": "string", "pattern": "^(call_[0-9a-f]{24}|toolu_[A-Za-z0-9_]+)$",
+               "description": "Ollama's calls get call_ ids; Claude's keep their own."}
     completion_id = {"type": "string", "pattern": "^chatcmpl-[0-9a-f]{24}$"}
     message = _oa_record({
         "role": {"const": "assistant"},
         "content": _oa_nullable("string", description="null only beside tool_calls with no "
                                 "text."),
-        "tool_calls": {"type": "array", "minItems": 1, "items": _oa_ref("ToolCall")}},
+        "tool_calls": {"type": "array", "minItems": 1, "items": _oa_ref("ToolCall")},
+        "function_call": legacy, "reasoning_content": {
+            "type": "string", "description": "The model's thinking (and, on the Claude "
+            "path, a line per tool Claude Code ran)."}},
         required=["role", "content"])
     delta = {"type": "object", "additionalProperties": False, "properties": {
         "role": {"const": "assistant"}, "content": {"type": "string"},
+        "reasoning_content": {"type": "string"}, "function_call": _oa_object([], {
+            "name": "string", "arguments": "string"}),
         "tool_calls": {"type": "array", "minItems": 1, "items": _oa_ref("ToolCallDelta")}}}
     return {
         "ToolCall": _oa_record({"id": call_id, "type": function, "function": _oa_record({
             "name": "string", "arguments": {"type": "string", "contentMediaType": _JSON}})}),
         "ToolCallDelta": _oa_record({
             "index": {"type": "integer", "minimum": 0}, "id": call_id, "type": function,
-            "function": _oa_record({"name": "string", "arguments": "string"})},
-            "A whole tool call in one delta, numbered from 0 across the stream."),
+            "function": _oa_record({"name": "string", "arguments": "string"},
+                                   required=["arguments"])},
+            "A call's first delta has its index, id, type and name; later ones its index "
+            "and the next piece of the arguments. Numbered from 0 in each reply.",
+            required=["index", "function"]),
         "Usage": _oa_record({**_oa_sums(*tokens),
                              "prompt_tokens_details": _oa_record(_oa_sums("cached_tokens"))},
                             "prompt_tokens = input + cache creation + cache read tokens; "
                             "cached_tokens = cache read."),
-        "FinishReason": {"type": "string", "enum": ["stop", "length", "tool_calls"]},
+        "FinishReason": {"type": "string",
+                         "enum": ["stop", "length", "tool_calls", "function_call"]},
         "ChatCompletion": _oa_record({
             "id": completion_id, "object": {"const": "chat.completion"}, "created": "integer",
             "model": {"type": "string", "description": "As the client named it."},
@@ -5265,7 +5448,8 @@ def _oa_service_schemas(providers):
                 "additionalProperties": _oa_object(["ok"], {"ok": "boolean"}),
                 "properties": {
                     "claude": _oa_record({"ok": "boolean", "binary": "string?",
-                                          "version": "string?", "error": "string?"}),
+                                          "version": "string?", "logged_in": "boolean?",
+                                          "warning": "string?", "error": "string?"}),
                     "ollama": _oa_record({"ok": "boolean", "url": "string",
                                           "version": "string?", "error": "string?"})}},
             "database": _oa_record({"path": "string", "ok": "boolean", "error": "string?"})}),

@@ -532,8 +532,28 @@ def test_health_reports_the_cli_version_without_running_a_chat(br):
     claude = body["backends"]["claude"]
     assert claude["ok"] and claude["version"] == "2.1.332 (Claude Code)"
     assert claude["binary"] == str(FAKE_CLAUDE)
+    assert claude["logged_in"] is True and claude["warning"] is None
     assert body["database"]["ok"]
     assert br.chat_runs() == []
+
+
+def test_health_says_when_the_cli_is_not_logged_in_without_a_model_call(start, monkeypatch):
+    monkeypatch.setenv("FAKE_CLAUDE_AUTH", "none")  # what `claude auth status` then says
+    br = start()
+    claude = requests.get(br.url + "/health", timeout=10).json()["backends"]["claude"]
+    assert (claude["ok"], claude["logged_in"]) == (False, False)
+    assert "not logged in" in claude["error"] and "ANTHROPIC_API_KEY" in claude["error"]
+    assert br.chat_runs() == []
+
+
+def test_health_warns_about_a_cli_older_than_the_oldest_tested(start, tmp_path):
+    old = tmp_path / "claude"
+    old.write_text(f"#!/bin/sh\nif [ \"$1\" = --version ]; then echo '2.1.100 (Claude Code)'; "
+                   f"else exec {sys.executable} {FAKE_CLAUDE} \"$@\"; fi\n")
+    old.chmod(0o755)
+    claude = requests.get(start(CLAUDE_BIN=str(old)).url + "/health",
+                          timeout=10).json()["backends"]["claude"]
+    assert claude["ok"] and "older than 2.1.197" in claude["warning"]
 
 
 # ----------------------------------------------------------------------------------------

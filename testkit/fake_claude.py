@@ -687,8 +687,9 @@ def text_turn(s, prompt, deltas, delay=0.0):
     s.emit(s.sev("message_delta", mid))
     s.emit(s.sev("message_stop", mid))
     u = run_usage()
-    s.emit(s.result(tpl(P, "result"), u, text=text, begun=[mid]))
-    s.record_turn(prompt, text, 2, {s.model: u}, u["cost"])
+    r = s.result(tpl(P, "result"), u, text=text, begun=[mid])
+    s.record_turn(prompt, text, 2, {s.model: u}, u["cost"])  # written before the result line
+    s.emit(r)
     return 0
 
 
@@ -785,8 +786,8 @@ def tool_turn(s, prompt, max_turns_hit=False):
         pos = [k for k, _ in items].index("uuid") + 1
         items.insert(pos, ("begun_message_ids", [mid1, mid2]))
         r = dict(items)
-    s.emit(r)
     s.record_turn(prompt, text2, 4, {s.model: u}, u["cost"])
+    s.emit(r)
     return 0
 
 
@@ -807,8 +808,9 @@ def midstream_turn(s, prompt, arg, fallback):
     mid2 = "msg_fake_" + new_hex(16)
     s.emit(s.assistant(F, mid2, rid, [{"type": "text", "text": text}]))
     u = run_usage()
-    s.emit(s.result(tpl(F, "result"), u, text=text, begun=[mid]))
+    r = s.result(tpl(F, "result"), u, text=text, begun=[mid])
     s.record_turn(prompt, text, 2, {s.model: u}, u["cost"])
+    s.emit(r)
     return 0
 
 
@@ -1557,8 +1559,8 @@ class ModelTurn:
         # 1 + one per tool_use; a max_tokens continuation counts on 2.1.332 only.
         r["num_turns"] = (1 + self.tool_uses) if self.tool_uses else (1 if V197 else self.calls)
         r["stop_reason"] = "end_turn"
-        s.emit(r)
         s.record_turn(self.prompt, text, self.msgs - s.prev_msgs, {s.model: u}, u["cost"])
+        s.emit(r)
         return 0
 
     def max_tokens_error(self):
@@ -1605,8 +1607,8 @@ class ModelTurn:
         r = self._result(J, u, text)
         r["structured_output"] = obj
         r["num_turns"] = 2 + self.tool_uses
-        s.emit(r)
         s.record_turn(self.prompt, text, self.msgs + 2 - s.prev_msgs, {s.model: u}, u["cost"])
+        s.emit(r)
         return 0
 
 
@@ -1681,6 +1683,19 @@ def read_stdin():
     except OSError:
         pass
     return b"".join(chunks).decode("utf-8", "replace")
+
+
+def control_request(s, msg):
+    """stream-json input's `initialize` request (what the Agent SDK sends first): its
+    jsonSchema works as --json-schema does (<version>-initialize-json-schema.jsonl)."""
+    request = msg.get("request") or {}
+    if request.get("subtype") == "initialize" and request.get("jsonSchema") is not None:
+        s.json_schema = json.dumps(request["jsonSchema"])
+        Log.update(json_schema=s.json_schema)
+    answer = tpl("initialize-json-schema.jsonl", "control_response")
+    answer["response"]["request_id"] = msg.get("request_id")
+    answer["response"]["response"]["pid"] = os.getpid()
+    s.emit(answer)
 
 
 def prompt_from_message(msg):
@@ -1847,6 +1862,9 @@ def main():
             msg = json.loads(text)
         except ValueError as e:
             die("Error parsing streaming input line: %s: %s" % (text.strip()[:200], e))
+        if isinstance(msg, dict) and msg.get("type") == "control_request":
+            control_request(s, msg)
+            continue
         if not isinstance(msg, dict) or msg.get("type") != "user":
             continue
         turn_prompt = prompt_from_message(msg)

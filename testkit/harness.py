@@ -93,6 +93,7 @@ def start(tmp_path, monkeypatch):
     # The CLI inherits the bridge's environment: the fake keeps its sessions and logs here.
     monkeypatch.setenv("CLAUDE_CONFIG_DIR", str(tmp_path / "claude-config"))
     monkeypatch.setenv("FAKE_CLAUDE_LOG", str(tmp_path / "fake-log"))
+    monkeypatch.setenv("FAKE_CLAUDE_AUTH", "ok")  # `claude auth status`: logged in
     monkeypatch.delenv("CLAUDECODE", raising=False)
 
     def _start(**env):
@@ -179,7 +180,7 @@ class BridgeProcess:
         full = {**os.environ, "PORT": "0", "CLAUDE_BIN": str(FAKE_CLAUDE),
                 "CLAUDE_WARM_POOL": "0", "CLAUDE_SESSION_KEEPALIVE": "0",
                 "CLAUDE_WORKDIR": str(tmp), "USAGE_DB_PATH": str(tmp / "usage.db"),
-                "FAKE_CLAUDE_LOG": str(tmp / "fake-log"),
+                "FAKE_CLAUDE_LOG": str(tmp / "fake-log"), "FAKE_CLAUDE_AUTH": "ok",
                 "CLAUDE_CONFIG_DIR": str(tmp / "claude-config"), **env}
         (tmp / "fake-log").mkdir(exist_ok=True)
         self.proc = subprocess.Popen([sys.executable, str(ROOT / "bridge.py")], env=full,

@@ -24,6 +24,7 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "node_sdk_check.mjs"
+TOOLS_SCRIPT = HERE / "node_tools_check.mjs"
 SDK_DIR = Path(os.environ.get("OPENAI_NODE_SDK_DIR") or
                Path.home() / ".cache" / "claude-bridge" / "node" / "node_modules" / "openai")
 INSTALL = ("npm install --no-save --no-audit --no-fund "
@@ -70,12 +71,12 @@ def node():
     return exe
 
 
-def run_check(node, br, api_key):
+def run_check(node, br, api_key, script=SCRIPT):
     env = {**os.environ, "BASE_URL": br.url + "/v1", "API_KEY": api_key,
            "OPENAI_SDK_DIR": str(SDK_DIR), "NODE_PATH": str(SDK_DIR.parent)}
-    out = subprocess.run([node, str(SCRIPT)], capture_output=True, text=True, timeout=180,
+    out = subprocess.run([node, str(script)], capture_output=True, text=True, timeout=180,
                          env=env, cwd=br.tmp)
-    assert out.returncode == 0, f"node_sdk_check.mjs failed:\n{out.stderr}\n{out.stdout}"
+    assert out.returncode == 0, f"{script.name} failed:\n{out.stderr}\n{out.stdout}"
     return json.loads(out.stdout)
 
 
@@ -137,3 +138,34 @@ def test_official_node_sdk(node, start, ollama_fake, auth_key):
         assert wrong["status"] == 401 and wrong["code"] == "invalid_api_key"
     else:
         assert wrong == {"raised": False}
+
+
+def test_official_node_sdk_client_tools(node, start):
+    """testkit/node_tools_check.mjs: a tool round trip (JSON) and a streamed tool call; the
+    results continue the CLI that made the call."""
+    br = start(CLAUDE_TOOL_WAIT="30")
+    got = run_check(node, br, "unused", TOOLS_SCRIPT)
+
+    trip = got["round_trip"]
+    assert trip["finish_reason"] == "tool_calls" and trip["content"] is None
+    (call,) = trip["calls"]
+    assert call["id"].startswith("toolu_") and call["type"] == "function"
+    assert (call["name"], json.loads(call["arguments"])) == ("get_weather", {"city": "Paris"})
+    assert trip["final_finish_reason"] == "stop" and trip["final_tool_calls"] is None
+    assert trip["final_content"] == "FAKE-REPLY tool results: get_weather=sunny, 21 C"
+
+    streamed = got["streamed"]
+    head, *rest = streamed["tool_deltas"]
+    assert head["index"] == 0 and head["id"].startswith("toolu_") and head["type"] == "function"
+    assert head["function"] == {"name": "get_weather", "arguments": ""}
+    assert rest and all(set(d) == {"index", "function"} for d in rest)
+    assert json.loads("".join(d["function"]["arguments"] for d in rest)) == {"city": "Oslo"}
+    assert streamed["finish_reason"] == "tool_calls" and streamed["text"] == ""
+    assert len(streamed["chunk_ids"]) == 1 and streamed["usage"]["completion_tokens"] > 0
+    answer = "FAKE-REPLY tool results: get_weather=rain"
+    assert streamed["answer_text"] == answer == streamed["answer_final_content"]
+    assert streamed["answer_finish_reason"] == "stop"
+
+    # Each conversation was one CLI, its second request continuing the held run.
+    assert [r["via"] for r in br.rows()] == [None, "held", None, "held"]
+    assert len(br.chat_runs()) == 2

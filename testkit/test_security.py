@@ -199,10 +199,12 @@ def test_an_older_database_has_its_session_ids_replaced_by_tags(start, tmp_path)
     bridge.MIGRATIONS = old[:5]  # the schema before session tags
     try:
         store = bridge.UsageStore(str(path))
-        store.record({"request_id": "r1", "model": "m", "provider": "claude",
-                      "session_id": SECRET_SESSION, "outcome": "ok", "status": 200})
         store.put_claude_session(SECRET_SESSION, "uuid-1", str(tmp_path), 0.5)
         store.close()
+        with sqlite3.connect(path) as db:  # a row as that schema's bridge wrote it
+            db.execute("INSERT INTO requests (request_id, model, provider, session_id, "
+                       "outcome, status) VALUES ('r1', 'm', 'claude', ?, 'ok', 200)",
+                       (SECRET_SESSION,))
     finally:
         bridge.MIGRATIONS = old
     br = start()
