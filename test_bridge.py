@@ -1784,6 +1784,60 @@ def test_warm_cli_streams_and_is_keyed_by_model_and_system_prompt(start):
     assert "--append-system-prompt=be terse" not in runs[warm["pid"]]["argv"]
 
 
+def test_only_configured_models_and_keys_used_often_get_warm_clis(start):
+    br = start(CLAUDE_WARM_POOL="1", CLAUDE_WARM_AFTER="3", CLAUDE_WARM_MODELS="claude-code")
+    client = br.client()
+    pool = br.app.bridge.claude.pool
+
+    def ask(model, text):
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": text}])
+    for n in range(2):  # a model used twice: no warm CLI for it
+        ask("gpt-4o-mini", f"m{n}")
+    time.sleep(0.3)  # (a refill would have started by now)
+    assert pool.count() == 0
+    ask("gpt-4o-mini", "m2")  # the third use
+    (warm,) = _idle_warm(br)
+    assert "--model=gpt-4o-mini" in warm["argv"]
+    ask("claude-code", "once")  # a configured model: warm from its first use
+    assert wait_until(lambda: pool.count() == 2)
+
+
+def test_warm_and_kept_clis_stay_under_claude_idle_max(start):
+    br = start(CLAUDE_WARM_POOL="1", CLAUDE_IDLE_MAX="1", CLAUDE_SESSION_KEEPALIVE="30")
+    client, claude = br.client(), br.app.bridge.claude
+    client.chat.completions.create(model="claude-code",
+                                   messages=[{"role": "user", "content": "one"}])
+    (warm,) = _idle_warm(br)
+    client.chat.completions.create(model="claude-code", extra_headers={"X-Session-ID": "s"},
+                                   messages=[{"role": "user", "content": "two"}])
+    # The session's CLI is kept; the warm one made room for it and is not refilled.
+    assert wait_until(lambda: not alive(warm["pid"]))
+    assert (claude.live.count(), claude.pool.count()) == (1, 0)
+    time.sleep(0.3)
+    assert claude.pool.count() == 0
+
+
+def test_model_aliases_run_another_cli_model_under_the_clients_name(start):
+    br = start(MODEL_ALIASES="gpt-4o=sonnet")
+    reply = br.client().chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert reply.model == "gpt-4o" and "model=claude-sonnet-5-5" in reply.choices[0].message.content
+    (run,) = br.chat_runs()
+    assert "--model=sonnet" in run["argv"]
+    assert "gpt-4o" in [m.id for m in br.client().models.list().data]
+    assert br.rows()[-1]["model"] == "gpt-4o"
+
+
+def test_separate_assistant_messages_are_separate_paragraphs_and_tools_are_notes(br):
+    reply = br.client().chat.completions.create(
+        model="claude-code", messages=[{"role": "user", "content": "[fake:tool-use] go"}])
+    message = reply.choices[0].message
+    first, second = message.content.split("\n\n")
+    assert first and second and not first.endswith("\n")
+    notes = message.model_extra["reasoning_content"].splitlines()
+    assert len(notes) == 1 and notes[0].split()[0] in ("Bash:", "Read", "Write", "Glob:")
+
+
 def test_warm_clis_count_within_the_concurrency_cap(start):
     br = start(CLAUDE_WARM_POOL="1", CLAUDE_MAX_CONCURRENCY="1", CLAUDE_QUEUE_TIMEOUT="5")
     client = br.client()

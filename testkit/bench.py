@@ -3,6 +3,8 @@
     python testkit/bench.py first-byte [--runs 30] [--real-cli PATH]
     python testkit/bench.py usage [--rows 1000000]
     python testkit/bench.py overhead [--requests 2000]
+    python testkit/bench.py tools [--rounds 3] [--runs 3] [--real-cli PATH]
+    python testkit/bench.py idle-memory [--concurrency 4] [--real-cli PATH]
 
 overhead: the bridge (`python bridge.py` in its own process) against a fast fake Ollama
 (another process), side by side with the same client calling that fake directly, in one
@@ -13,11 +15,25 @@ first-byte: time from sending a streaming request to the first SSE byte and to t
 content chunk through the bridge, against the same fake `claude` run bare (time from
 spawn to its first stdout line and to its first text delta), all in one run. With
 --real-cli, the real CLI against the loopback fake Anthropic API is measured the same way.
+
+tools: a client-tool conversation (each tool result asks for the next call; the last one
+for the answer), the time of each round (a request carrying tool results) in two modes in
+one run: held (the bridge keeps the CLI whose call went to the client, and the results
+continue it: usage row via=held) and rebuilt (a second bridge with CLAUDE_TOOL_WAIT=0.05
+has ended that CLI before the results come, so each round starts a new CLI from the whole
+history: via=rebuilt). With --real-cli, the real CLI against the fake Anthropic API too.
+
+idle-memory: a mixed workload (stateless requests over 6 model names and 3 system prompts,
+and X-Session-ID sessions of 2 turns), then, once the bridge is idle, the CLIs it keeps
+(warm pool + kept session CLIs) and the RSS of their process groups: once with settings
+that mimic the policy before CLAUDE_IDLE_MAX, once with the defaults, in one run.
 """
 
 import argparse
+import collections
 import json
 import os
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -418,6 +434,359 @@ def _stream_delay(port, fake_port, pieces=20, gap_ms=20, runs=10):
           f"{added * 1000:.2f} ms; first byte direct {statistics.median(fb_d) * 1000:.2f} ms,"
           f" bridge {statistics.median(fb_b) * 1000:.2f} ms")
 
+# The environment the real CLI needs to run offline against the fake Anthropic API (as
+# test_bridge.py's fake_api fixture sets it); HOME holds its config and sessions.
+def _real_cli_env(home, api_url):
+    return {"HOME": home, "ANTHROPIC_BASE_URL": api_url, "ANTHROPIC_API_KEY": "dummy",
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_TELEMETRY": "1",
+            "DISABLE_AUTOUPDATER": "1", "CLAUDE_CODE_MAX_RETRIES": "0"}
+
+
+def _fake_api_sees_new_part_only(fake_anthropic):
+    """A rebuilt run gets the whole history as one prompt, every earlier turn's marker in
+    it; the fake API would answer all of them at once (parallel calls). Here it reads only
+    the text after the bridge's "[end of earlier turns" line, as the fake CLI does."""
+    whole = fake_anthropic.last_user_text
+
+    def new_part(messages):
+        text = whole(messages)
+        cut = text.rfind("[end of earlier turns")
+        return text[text.find("\n", cut) + 1:].lstrip("\n") if cut >= 0 else text
+
+    fake_anthropic.last_user_text = new_part
+
+
+_WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Weather for a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                   "required": ["city"]}}}
+
+
+def _vias(db_path):
+    db = sqlite3.connect(db_path)
+    try:
+        return [r[0] for r in db.execute("SELECT via FROM requests ORDER BY id")]
+    finally:
+        db.close()
+
+
+def _tool_conversation(url, rounds, marker, before_round=None):
+    """(seconds per request, the opening one first; what went wrong or None) of one
+    client-tool conversation: every tool result but the last holds the marker (the model
+    calls again), the last one gets the answer."""
+    http = requests.Session()
+    history = [{"role": "user", "content": "What is the weather in Oslo? " + marker}]
+    times = []
+    for r in range(rounds + 1):
+        if r and before_round:
+            before_round()
+        t = time.perf_counter()
+        resp = http.post(url + "/v1/chat/completions", timeout=120, json={
+            "model": "claude-code", "messages": history, "tools": [_WEATHER]})
+        times.append(time.perf_counter() - t)
+        if resp.status_code != 200:
+            return times, f"request {r}: HTTP {resp.status_code} {resp.text[:200]}"
+        message = resp.json()["choices"][0]["message"]
+        if r == rounds:
+            if message.get("tool_calls") or not message.get("content"):
+                return times, f"request {r}: no final answer: {json.dumps(message)[:200]}"
+            return times, None
+        if not message.get("tool_calls"):
+            return times, f"request {r}: no tool call: {json.dumps(message)[:200]}"
+        history.append({k: v for k, v in message.items() if v is not None})
+        more = " " + marker if r + 1 < rounds else ""
+        history += [{"role": "tool", "tool_call_id": c["id"], "content": f"sunny, 2{r} C{more}"}
+                    for c in message["tool_calls"]]
+    return times, None
+
+
+def tools(args):
+    """Rounds of a client-tool conversation: the held CLI continued vs a new CLI from the
+    whole history, on two bridges in one run, conversations interleaved."""
+    tmp = tempfile.mkdtemp(prefix="bench-tools-")
+    os.environ.pop("FAKE_CLAUDE_LOG", None)
+    os.environ.pop("CLAUDECODE", None)
+    os.environ["CLAUDE_CONFIG_DIR"] = os.path.join(tmp, "cfg")
+    os.environ["FAKE_CLAUDE_AUTH"] = "ok"
+    # The fake CLI with the real one's start-up time, and the real CLI if given.
+    targets = [("fake claude (450 ms start)", str(FAKE_CLAUDE),
+                {"FAKE_CLAUDE_STARTUP_MS": "450"},
+                '[fake:mcp-call:get_weather:{"city":"Oslo"}]')]
+    if args.real_cli:
+        from testkit import fake_anthropic
+        _fake_api_sees_new_part_only(fake_anthropic)
+        api = fake_anthropic.start()
+        targets.append((f"real claude {_cli_version(args.real_cli)}", args.real_cli,
+                        _real_cli_env(tmp, api.url),
+                        '[upstream:tool:mcp__client__get_weather:{"city":"Oslo"}]'))
+    modes = (("held", "300"), ("rebuilt", "0.05"))
+    print(f"client-tool conversation: an opening request, then {args.rounds} rounds (each a "
+          f"request carrying the tool result; all but the last get another call), "
+          f"{args.runs} conversations per mode, interleaved; mean ms per request")
+    print("held: CLAUDE_TOOL_WAIT=300, the results continue the CLI the bridge holds; "
+          "rebuilt: a second bridge with CLAUDE_TOOL_WAIT=0.05, and each round's request "
+          "is sent only once that bridge has ended the held CLI (so a new CLI starts from "
+          "the whole history)")
+    print("both: CLAUDE_WARM_POOL=0, CLAUDE_SESSION_KEEPALIVE=0 (no idle CLIs starting in "
+          "the background; a tool request never takes a warm CLI)")
+    heads = " ".join(f"{'round ' + str(r + 1):>9}" for r in range(args.rounds))
+    print(f"{'backend':28} {'mode':8} {'opening':>9} {heads} {'round mean':>11}  via")
+    summary = []
+    for name, binary, extra, marker in targets:
+        saved = {k: os.environ.get(k) for k in [*extra, "CLAUDE_CONFIG_DIR"]}
+        os.environ.update(extra)
+        if binary != str(FAKE_CLAUDE):
+            os.environ.pop("CLAUDE_CONFIG_DIR")
+        servers = {}
+        for mode, wait in modes:
+            db = os.path.join(tmp, f"{mode}-{len(summary)}.db")
+            servers[mode] = (*serve({
+                "PORT": "0", "CLAUDE_BIN": binary, "CLAUDE_WORKDIR": tmp,
+                "CLAUDE_WARM_POOL": "0", "CLAUDE_SESSION_KEEPALIVE": "0",
+                "CLAUDE_TOOL_WAIT": wait, "USAGE_DB_PATH": db, "LOG_REQUESTS": "false"}), db)
+        times = {mode: [] for mode, _ in modes}
+        problems = []
+
+        def idle(server):
+            """Until the bridge has no CLI left (a held one ended, a finished one reaped)."""
+            claude = server.app.bridge.claude
+            deadline = time.monotonic() + 30
+            while (claude.held.count() or claude.procs) and time.monotonic() < deadline:
+                time.sleep(0.01)
+
+        for run in range(args.runs + 1):  # the first, a warm-up, is not counted
+            for mode, _ in modes:
+                server, url, _ = servers[mode]
+                gone = (lambda s=server: idle(s)) if mode == "rebuilt" else None
+                took, problem = _tool_conversation(url, args.rounds, marker, gone)
+                idle(server)
+                if problem:
+                    problems.append(f"{mode}: {problem}")
+                elif run:
+                    times[mode].append(took)
+        means = {}
+        for mode, _ in modes:
+            server, _, db = servers[mode]
+            vias = _vias(db)
+            per = len(vias) // (args.runs + 1)
+            seen = sorted({",".join(str(v) for v in vias[i:i + per][1:])
+                           for i in range(0, len(vias), per)}) if per else ["(no rows)"]
+            cols = [statistics.mean(t[r] for t in times[mode]) * 1000 if times[mode]
+                    else float("nan") for r in range(args.rounds + 1)]
+            means[mode] = statistics.mean(cols[1:])
+            print(f"{name if mode == 'held' else '':28} {mode:8} {cols[0]:9.1f} "
+                  + " ".join(f"{c:9.1f}" for c in cols[1:])
+                  + f" {means[mode]:11.1f}  {' | '.join(seen)}")
+            bridge.stop_server(server, server.thread)
+            server.app.bridge.close()
+        for problem in problems:
+            print(f"  !! {name}: {problem}")
+        summary.append((name, means))
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    for name, means in summary:
+        print(f"{name}: a round rebuilt takes {means['rebuilt'] / means['held']:.2f}x a "
+              f"held one ({means['rebuilt'] - means['held']:+.1f} ms)")
+
+
+def _cli_version(binary):
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
+    return out.stdout.split()[0] if out.stdout.strip() else "?"
+
+
+def _gauges(url):
+    text = requests.get(url + "/metrics", timeout=10).text
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            try:
+                out[name] = float(value)
+            except ValueError:
+                pass
+    return out
+
+
+def _group_members(pgid):
+    """PIDs in process group pgid (a CLI and whatever it started)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid:
+                out.append(int(entry.name))
+    return out
+
+
+def _children(pid):
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
+                         text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def _cmdline(pid):
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    except OSError:
+        return []
+
+
+def _workload():
+    """30 requests: 22 stateless over 6 model names and 3 system prompts (a few pairs often,
+    most once or twice), 4 sessions of 2 turns, interleaved."""
+    models = ["claude-code", "sonnet", "haiku", "gpt-4o-mini", "gpt-4o", "opus"]
+    systems = [None, "You are terse.", "Answer as a pirate."]
+    stateless = []
+    for i in range(22):
+        if i % 2 == 0:  # every other one: the usual pairs
+            model, system = ("claude-code", None) if i % 4 == 0 else ("sonnet", systems[1])
+        else:
+            model, system = models[(i // 2) % 6], systems[(i // 2) % 3]
+        stateless.append((model, system, None))
+    turns = [(models[k], None, f"sess-{k}") for k in range(4)] * 2
+    out = []
+    while stateless or turns:
+        out += [stateless.pop(0) for _ in range(3) if stateless]
+        if turns:
+            out.append(turns.pop(0))
+    return out
+
+
+def _run_workload(url, workload):
+    statuses = collections.Counter()
+    history = {}
+    for n, (model, system, session) in enumerate(workload):
+        messages = [{"role": "system", "content": system}] if system else []
+        headers = {}
+        if session:
+            headers["X-Session-ID"] = session
+            messages = history.setdefault(session, [])
+            messages.append({"role": "user", "content": f"turn {len(messages) // 2 + 1}"})
+        else:
+            messages.append({"role": "user", "content": f"request {n}"})
+        resp = requests.post(url + "/v1/chat/completions", headers=headers, timeout=120,
+                             json={"model": model, "messages": messages})
+        statuses[resp.status_code] += 1
+        if session and resp.status_code == 200:
+            messages.append(resp.json()["choices"][0]["message"])
+    return statuses
+
+
+def _settle(url, bridge_pid, timeout=30):
+    """Wait until nothing runs and the idle CLIs stay the same for 2 s: (gauges, CLI pids,
+    seconds waited)."""
+    t0 = time.monotonic()
+    last, since = None, time.monotonic()
+    while True:
+        g = _gauges(url)
+        pids = sorted(p for p in _children(bridge_pid)
+                      if not {"--version", "auth"} & set(_cmdline(p)))
+        busy = (g.get("bridge_claude_processes_running", 0)
+                + g.get("bridge_claude_processes_holding_tool_calls", 0)
+                + g.get("bridge_claude_requests_waiting", 0))
+        state = (g.get("bridge_claude_processes_warm"), g.get("bridge_claude_processes_kept"),
+                 tuple(pids))
+        now = time.monotonic()
+        if state != last or busy:
+            last, since = state, now
+        elif now - since >= 2:
+            return g, pids, now - t0
+        if now - t0 > timeout:
+            return g, pids, now - t0
+        time.sleep(0.2)
+
+
+def idle_memory(args):
+    """Idle CLIs (warm + kept) after the same mixed workload, before and after the cap."""
+    tmp = tempfile.mkdtemp(prefix="bench-idle-")
+    defaults = {s.name: s.default for s in bridge.SETTINGS}
+    policies = [
+        ("before the cap", {"CLAUDE_WARM_POOL": "1", "CLAUDE_WARM_KEYS": "64",
+                            "CLAUDE_WARM_AFTER": "1", "CLAUDE_IDLE_MAX": "1024",
+                            "CLAUDE_SESSION_KEEPALIVE": "300"}),
+        ("after (defaults)", {})]
+    targets = [("fake claude", str(FAKE_CLAUDE), None)]
+    if args.real_cli:
+        from testkit import fake_anthropic
+        api = fake_anthropic.start()
+        targets.append((f"real claude {_cli_version(args.real_cli)}", args.real_cli, api.url))
+    workload = _workload()
+    pairs = collections.Counter((m, s) for m, s, sess in workload if not sess)
+    print(f"workload: {len(workload)} requests one after another: {sum(pairs.values())} "
+          f"stateless over {len(pairs)} model/system pairs (uses: "
+          f"{sorted(pairs.values(), reverse=True)}), {len({w[2] for w in workload} - {None})} "
+          f"X-Session-ID sessions x 2 turns; CLAUDE_MAX_CONCURRENCY={args.concurrency} "
+          "for both")
+    print("after = the defaults: " + ", ".join(
+        f"{k}={defaults[k]}" for k in ("CLAUDE_WARM_POOL", "CLAUDE_WARM_KEYS",
+                                       "CLAUDE_WARM_MODELS", "CLAUDE_WARM_AFTER",
+                                       "CLAUDE_IDLE_MAX", "CLAUDE_SESSION_KEEPALIVE")))
+    print("before = " + ", ".join(f"{k}={v}" for k, v in policies[0][1].items()))
+    print(f"{'backend':22} {'policy':17} {'HTTP':>14} {'warm':>5} {'kept':>5} "
+          f"{'idle CLIs':>9} {'processes':>9} {'RSS MB':>8} {'MB/CLI':>7} {'work s':>7}  "
+          "idle CLIs' --model (+sys = with a system prompt, +sess = kept session)")
+    for name, binary, api_url in targets:
+        for policy, extra in policies:
+            env = {k: v for k, v in os.environ.items()
+                   if k not in ("CLAUDECODE", "FAKE_CLAUDE_LOG", "CLAUDE_CONFIG_DIR")}
+            home = tempfile.mkdtemp(dir=tmp)
+            if api_url:
+                env.update(_real_cli_env(home, api_url))
+            else:
+                env.update({"CLAUDE_CONFIG_DIR": home, "FAKE_CLAUDE_AUTH": "ok"})
+            env.update({"PORT": "0", "CLAUDE_BIN": binary, "CLAUDE_WORKDIR": tmp,
+                        "USAGE_DB_PATH": os.path.join(home, "usage.db"),
+                        "CLAUDE_MAX_CONCURRENCY": str(args.concurrency),
+                        "LOG_REQUESTS": "false", **extra})
+            proc, port = _start_bridge([sys.executable, str(ROOT / "bridge.py")], env)
+            url = f"http://127.0.0.1:{port}"
+            try:
+                t = time.perf_counter()
+                statuses = _run_workload(url, workload)
+                work = time.perf_counter() - t
+                g, pids, _ = _settle(url, proc.pid)
+                members = {pid: _group_members(pid) for pid in pids}
+                rss = sum(_rss_mib(m) for group in members.values() for m in group)
+                labels = []
+                for pid in pids:
+                    argv = _cmdline(pid)
+                    model = next((a.split("=", 1)[1] for a in argv
+                                  if a.startswith("--model=")), "claude-code")
+                    labels.append(model + ("+sys" if any("system-prompt" in a for a in argv)
+                                           else "")
+                                  + ("+sess" if "--no-session-persistence" not in argv
+                                     else ""))
+                warm = int(g.get("bridge_claude_processes_warm", -1))
+                kept = int(g.get("bridge_claude_processes_kept", -1))
+                http = ",".join(f"{n}x{code}" for code, n in sorted(statuses.items()))
+                per = rss / len(pids) if pids else 0.0
+                print(f"{name if not policy.startswith('after') else '':22} {policy:17} "
+                      f"{http:>14} {warm:5} {kept:5} {len(pids):9} "
+                      f"{sum(map(len, members.values())):9} {rss:8.1f} {per:7.1f} "
+                      f"{work:7.1f}  {' '.join(sorted(labels))}")
+                if warm + kept != len(pids):
+                    print(f"  !! /metrics says {warm + kept} idle CLIs, the bridge has "
+                          f"{len(pids)} child CLIs")
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    print("  !! the bridge did not stop in 30 s after SIGTERM")
+                    proc.kill()
+                    proc.wait()
+            left = [m for group in members.values() for m in group
+                    if Path(f"/proc/{m}").exists()
+                    and "State:\tZ" not in Path(f"/proc/{m}/status").read_text()]
+            if left:
+                print(f"  !! CLI processes still running after the bridge stopped: {left}")
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
@@ -431,8 +800,17 @@ def main():
     ov = sub.add_parser("overhead")
     ov.add_argument("--requests", type=int, default=2000)
     ov.add_argument("--threads", type=int, default=64)
+    tl = sub.add_parser("tools")
+    tl.add_argument("--rounds", type=int, default=3)
+    tl.add_argument("--runs", type=int, default=3)
+    tl.add_argument("--real-cli", default=None)
+    im = sub.add_parser("idle-memory")
+    im.add_argument("--concurrency", type=int, default=int(
+        next(s.default for s in bridge.SETTINGS if s.name == "CLAUDE_MAX_CONCURRENCY")))
+    im.add_argument("--real-cli", default=None)
     args = parser.parse_args()
-    {"first-byte": first_byte, "usage": usage, "overhead": overhead}[args.command](args)
+    {"first-byte": first_byte, "usage": usage, "overhead": overhead, "tools": tools,
+     "idle-memory": idle_memory}[args.command](args)
 
 
 if __name__ == "__main__":
