@@ -442,6 +442,20 @@ def _real_cli_env(home, api_url):
             "DISABLE_AUTOUPDATER": "1", "CLAUDE_CODE_MAX_RETRIES": "0"}
 
 
+def _start_fake_api():
+    """The fake Anthropic API, quiet about CLIs the bridge ends mid-connection."""
+    from testkit import fake_anthropic
+    api = fake_anthropic.start()
+    default = api._httpd.handle_error
+
+    def handle_error(request, address):
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            default(request, address)
+
+    api._httpd.handle_error = handle_error
+    return api
+
+
 def _fake_api_sees_new_part_only(fake_anthropic):
     """A rebuilt run gets the whole history as one prompt, every earlier turn's marker in
     it; the fake API would answer all of them at once (parallel calls). Here it reads only
@@ -515,7 +529,7 @@ def tools(args):
     if args.real_cli:
         from testkit import fake_anthropic
         _fake_api_sees_new_part_only(fake_anthropic)
-        api = fake_anthropic.start()
+        api = _start_fake_api()
         targets.append((f"real claude {_cli_version(args.real_cli)}", args.real_cli,
                         _real_cli_env(tmp, api.url),
                         '[upstream:tool:mcp__client__get_weather:{"city":"Oslo"}]'))
@@ -553,6 +567,9 @@ def tools(args):
             deadline = time.monotonic() + 30
             while (claude.held.count() or claude.procs) and time.monotonic() < deadline:
                 time.sleep(0.01)
+            if claude.procs:
+                problems.append(f"CLIs still running 30 s after a conversation: "
+                                f"{sorted(p.pid for p in list(claude.procs))}")
 
         for run in range(args.runs + 1):  # the first, a warm-up, is not counted
             for mode, _ in modes:
@@ -637,9 +654,15 @@ def _cmdline(pid):
         return []
 
 
+def _is_chat_cli(argv):
+    """A CLI the bridge started for requests (not its reaper helper, not a version or
+    auth probe)."""
+    return "-p" in argv and "--output-format" in argv
+
+
 def _workload():
-    """30 requests: 22 stateless over 6 model names and 3 system prompts (a few pairs often,
-    most once or twice), 4 sessions of 2 turns, interleaved."""
+    """30 requests: 22 stateless over 6 model names and 3 system prompts (two pairs used
+    often, nine once), 4 sessions of 2 turns, interleaved."""
     models = ["claude-code", "sonnet", "haiku", "gpt-4o-mini", "gpt-4o", "opus"]
     systems = [None, "You are terse.", "Answer as a pirate."]
     stateless = []
@@ -647,7 +670,8 @@ def _workload():
         if i % 2 == 0:  # every other one: the usual pairs
             model, system = ("claude-code", None) if i % 4 == 0 else ("sonnet", systems[1])
         else:
-            model, system = models[(i // 2) % 6], systems[(i // 2) % 3]
+            k = i // 2
+            model, system = models[k % 6], systems[(k + k // 6) % 3]
         stateless.append((model, system, None))
     turns = [(models[k], None, f"sess-{k}") for k in range(4)] * 2
     out = []
@@ -659,8 +683,10 @@ def _workload():
 
 
 def _run_workload(url, workload):
+    """(HTTP statuses, seconds of the slowest request)."""
     statuses = collections.Counter()
     history = {}
+    slowest = 0.0
     for n, (model, system, session) in enumerate(workload):
         messages = [{"role": "system", "content": system}] if system else []
         headers = {}
@@ -670,12 +696,14 @@ def _run_workload(url, workload):
             messages.append({"role": "user", "content": f"turn {len(messages) // 2 + 1}"})
         else:
             messages.append({"role": "user", "content": f"request {n}"})
+        t = time.perf_counter()
         resp = requests.post(url + "/v1/chat/completions", headers=headers, timeout=120,
                              json={"model": model, "messages": messages})
+        slowest = max(slowest, time.perf_counter() - t)
         statuses[resp.status_code] += 1
         if session and resp.status_code == 200:
             messages.append(resp.json()["choices"][0]["message"])
-    return statuses
+    return statuses, slowest
 
 
 def _settle(url, bridge_pid, timeout=30):
@@ -685,8 +713,7 @@ def _settle(url, bridge_pid, timeout=30):
     last, since = None, time.monotonic()
     while True:
         g = _gauges(url)
-        pids = sorted(p for p in _children(bridge_pid)
-                      if not {"--version", "auth"} & set(_cmdline(p)))
+        pids = sorted(p for p in _children(bridge_pid) if _is_chat_cli(_cmdline(p)))
         busy = (g.get("bridge_claude_processes_running", 0)
                 + g.get("bridge_claude_processes_holding_tool_calls", 0)
                 + g.get("bridge_claude_requests_waiting", 0))
@@ -713,8 +740,7 @@ def idle_memory(args):
         ("after (defaults)", {})]
     targets = [("fake claude", str(FAKE_CLAUDE), None)]
     if args.real_cli:
-        from testkit import fake_anthropic
-        api = fake_anthropic.start()
+        api = _start_fake_api()
         targets.append((f"real claude {_cli_version(args.real_cli)}", args.real_cli, api.url))
     workload = _workload()
     pairs = collections.Counter((m, s) for m, s, sess in workload if not sess)
@@ -729,7 +755,8 @@ def idle_memory(args):
                                        "CLAUDE_IDLE_MAX", "CLAUDE_SESSION_KEEPALIVE")))
     print("before = " + ", ".join(f"{k}={v}" for k, v in policies[0][1].items()))
     print(f"{'backend':22} {'policy':17} {'HTTP':>14} {'warm':>5} {'kept':>5} "
-          f"{'idle CLIs':>9} {'processes':>9} {'RSS MB':>8} {'MB/CLI':>7} {'work s':>7}  "
+          f"{'idle CLIs':>9} {'processes':>9} {'RSS MB':>8} {'MB/CLI':>7} {'work s':>7} "
+          f"{'slowest s':>9}  "
           "idle CLIs' --model (+sys = with a system prompt, +sess = kept session)")
     for name, binary, api_url in targets:
         for policy, extra in policies:
@@ -748,7 +775,7 @@ def idle_memory(args):
             url = f"http://127.0.0.1:{port}"
             try:
                 t = time.perf_counter()
-                statuses = _run_workload(url, workload)
+                statuses, slowest = _run_workload(url, workload)
                 work = time.perf_counter() - t
                 g, pids, _ = _settle(url, proc.pid)
                 members = {pid: _group_members(pid) for pid in pids}
@@ -769,7 +796,7 @@ def idle_memory(args):
                 print(f"{name if not policy.startswith('after') else '':22} {policy:17} "
                       f"{http:>14} {warm:5} {kept:5} {len(pids):9} "
                       f"{sum(map(len, members.values())):9} {rss:8.1f} {per:7.1f} "
-                      f"{work:7.1f}  {' '.join(sorted(labels))}")
+                      f"{work:7.1f} {slowest:9.2f}  {' '.join(sorted(labels))}")
                 if warm + kept != len(pids):
                     print(f"  !! /metrics says {warm + kept} idle CLIs, the bridge has "
                           f"{len(pids)} child CLIs")
