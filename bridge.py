@@ -2007,19 +2007,81 @@ class Cli(typing.NamedTuple):
     key: tuple = None  # the (model, system prompt) it was started with
 
 
-class LiveSessions:
-    """Session CLIs left running between turns (stdin open, waiting for the next message),
-    so a session's next turn is one more line instead of a `--resume` start. Each holds a
-    CLAUDE_MAX_CONCURRENCY slot, gives it up when a request needs it, and ends after
-    CLAUDE_SESSION_KEEPALIVE idle seconds; after that (or a restart) turns `--resume`."""
+class IdleClis:
+    """Running CLIs kept by key for a request still to come, oldest first: each holds a
+    CLAUDE_MAX_CONCURRENCY slot (given up when a request needs it) and ends after
+    `seconds` unused. Subclasses say how to end one (`_discard`)."""
 
-    def __init__(self, backend, keepalive):
+    label = "idle"
+
+    def __init__(self, backend, seconds):
         self.backend = backend
-        self.keepalive = keepalive
+        self.seconds = seconds
         self.lock = threading.Lock()
-        self.items = collections.OrderedDict()  # client id -> Cli
+        self.items = collections.OrderedDict()  # key -> an entry with .proc and .since
         self.reaper = None
         self.closed = threading.Event()
+
+    def _put(self, key, entry):
+        with self.lock:
+            if self.closed.is_set():
+                old = entry
+            else:
+                old = self.items.pop(key, None)
+                self.items[key] = entry
+                if self.reaper is None:
+                    self.reaper = threading.Thread(target=self._expire_loop, daemon=True,
+                                                   name=f"claude-{self.label}-reaper")
+                    self.reaper.start()
+        if old is not None:
+            self._discard(old)
+
+    def _expire_loop(self):
+        tick = max(0.05, min(self.seconds / 4, 5.0))
+        while not self.closed.wait(tick):
+            now = time.monotonic()
+            with self.lock:
+                expired = [k for k, e in self.items.items() if now - e.since > self.seconds]
+                entries = [self.items.pop(k) for k in expired]
+            for entry in entries:
+                self._discard(entry)
+
+    def evict_one(self):
+        """End the one unused longest, freeing its slot; False if none."""
+        with self.lock:
+            if not self.items:
+                return False
+            _, entry = self.items.popitem(last=False)
+        self._discard(entry)
+        return True
+
+    def _discard(self, entry):
+        raise NotImplementedError
+
+    def count(self):
+        with self.lock:
+            return len(self.items)
+
+    def shutdown(self):
+        """End every one."""
+        with self.lock:
+            self.closed.set()
+            entries = list(self.items.values())
+            self.items.clear()
+        for entry in entries:
+            self._discard(entry)
+
+
+class LiveSessions(IdleClis):
+    """Session CLIs left running between turns (stdin open, waiting for the next message),
+    so a session's next turn is one more line instead of a `--resume` start; after
+    CLAUDE_SESSION_KEEPALIVE idle seconds (or a restart) turns `--resume`."""
+
+    label = "live"
+
+    @property
+    def keepalive(self):
+        return self.seconds
 
     def take(self, client_id, claude_uuid, key):
         """The session's running CLI (and its slot) if it is the one to continue."""
@@ -2043,37 +2105,7 @@ class LiveSessions:
         if not backend.idle_room(backend.pool.count() + self.count()):
             self._discard(entry)  # CLAUDE_IDLE_MAX=0: never kept
             return
-        with self.lock:
-            if self.closed.is_set():
-                old = entry
-            else:
-                old = self.items.pop(client_id, None)
-                self.items[client_id] = entry
-                if self.reaper is None:
-                    self.reaper = threading.Thread(target=self._expire_loop, daemon=True,
-                                                   name="claude-live-reaper")
-                    self.reaper.start()
-        if old is not None:
-            self._discard(old)
-
-    def _expire_loop(self):
-        tick = max(0.05, min(self.keepalive / 4, 5.0))
-        while not self.closed.wait(tick):
-            now = time.monotonic()
-            with self.lock:
-                expired = [k for k, e in self.items.items() if now - e.since > self.keepalive]
-                entries = [self.items.pop(k) for k in expired]
-            for entry in entries:
-                self._discard(entry)
-
-    def evict_one(self):
-        """End the least recently used live CLI, freeing its slot; False if none."""
-        with self.lock:
-            if not self.items:
-                return False
-            _, entry = self.items.popitem(last=False)
-        self._discard(entry)
-        return True
+        self._put(client_id, entry)
 
     def _discard(self, entry):
         proc = entry.proc
@@ -2084,20 +2116,6 @@ class LiveSessions:
             pass
         self.backend.reap(proc)
         self.backend.slots.release()
-
-    def count(self):
-        """Live session CLIs."""
-        with self.lock:
-            return len(self.items)
-
-    def shutdown(self):
-        """End every live session CLI."""
-        with self.lock:
-            self.closed.set()
-            entries = list(self.items.values())
-            self.items.clear()
-        for entry in entries:
-            self._discard(entry)
 
 
 class WarmPool:
@@ -2483,25 +2501,14 @@ class HeldRun(typing.NamedTuple):
     was_held: bool  # the run had a kept CLI: its cost is counted from the session's
 
 
-class HeldRuns:
+class HeldRuns(IdleClis):
     """CLIs holding tool calls open, by the reply's first call id; each ends after
-    CLAUDE_TOOL_WAIT seconds without the results (freeing its slot)."""
+    CLAUDE_TOOL_WAIT seconds without the results."""
 
-    def __init__(self, backend, wait):
-        self.backend = backend
-        self.wait = wait
-        self.lock = threading.Lock()
-        self.items = {}
-        self.reaper = None
-        self.closed = threading.Event()
+    label = "held"
 
     def park(self, held):
-        with self.lock:
-            self.items[held.first_call] = held
-            if self.reaper is None:
-                self.reaper = threading.Thread(target=self._expire_loop, daemon=True,
-                                               name="claude-held-reaper")
-                self.reaper.start()
+        self._put(held.first_call, held)
 
     def claim(self, chat):
         """The held run a request's tool results continue, or None."""
@@ -2517,42 +2524,13 @@ class HeldRuns:
                     return self.items.pop(first)
         return None
 
-    def _expire_loop(self):
-        tick = max(0.05, min(self.wait / 4, 5.0))
-        while not self.closed.wait(tick):
-            now = time.monotonic()
-            with self.lock:
-                expired = [k for k, h in self.items.items() if now - h.since > self.wait]
-                gone = [self.items.pop(k) for k in expired]
-            for held in gone:
-                _LOG.info("a run held for tool results got none in %g s (CLAUDE_TOOL_WAIT); "
-                          "ended", self.wait)
-                self.end(held)
-
-    def end(self, held):
+    def _discard(self, held):
+        if not self.closed.is_set():
+            _LOG.info("a run held for tool results got none in %g s (CLAUDE_TOOL_WAIT), or "
+                      "gave its slot up; ended", self.seconds)
         held.broker.close()
         self.backend.reap(held.proc)
         self.backend.slots.release()
-
-    def evict_one(self):
-        """End the run held longest, freeing its slot; False if none."""
-        with self.lock:
-            if not self.items:
-                return False
-            held = self.items.pop(min(self.items, key=lambda k: self.items[k].since))
-        self.end(held)
-        return True
-
-    def count(self):
-        with self.lock:
-            return len(self.items)
-
-    def shutdown(self):
-        with self.lock:
-            self.closed.set()
-            gone, self.items = list(self.items.values()), {}
-        for held in gone:
-            self.end(held)
 
 
 class StopWatch:

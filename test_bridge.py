@@ -17,7 +17,6 @@ import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import openai
 import pytest
@@ -25,8 +24,8 @@ import requests
 
 import bridge
 from testkit.harness import (  # noqa: F401  (the fixtures: pytest finds them here)
-    FAKE_CLAUDE, FIXED_ARGV, REPLY, ROOT, alive, assert_error, br, bridge_process,
-    ollama_fake, prompt_of, sse_events, start, user, wait_until)
+    FAKE_CLAUDE, FIXED_ARGV, REPLY, ROOT, alive, assert_error, br, bridge_process, fake_api,
+    ollama_fake, prompt_of, real_cli, sse_events, start, user, wait_until)
 
 
 # ----------------------------------------------------------------------------------------
@@ -811,43 +810,6 @@ def test_every_request_past_parsing_is_one_row(br):
 # ----------------------------------------------------------------------------------------
 # The real Claude Code CLI against a loopback fake Anthropic API
 # ----------------------------------------------------------------------------------------
-
-# The two CLI versions users have: the newest, and what npm installs on Node 20.
-REAL_CLI_VERSIONS = {"2.1.332": "cli", "2.1.197": "cli197"}
-
-
-def _real_cli(version):
-    path = Path.home() / f".cache/claude-bridge/{REAL_CLI_VERSIONS[version]}/node_modules/.bin/claude"
-    return str(path) if path.exists() else None
-
-
-@pytest.fixture(params=sorted(REAL_CLI_VERSIONS))
-def real_cli(request):
-    path = _real_cli(request.param)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("the real claude CLI must be installed in CI (.ci/run does it)")
-        pytest.skip(f"real claude CLI {request.param} not installed (see .ci/run)")
-    return path
-
-
-@pytest.fixture
-def fake_api(tmp_path, monkeypatch):
-    """A fake Anthropic API, and the environment that points the real CLI at it."""
-    from testkit import fake_anthropic
-    api = fake_anthropic.start()
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.delenv("CLAUDE_CONFIG_DIR")
-    for name, value in (("ANTHROPIC_BASE_URL", api.url), ("ANTHROPIC_API_KEY", "dummy"),
-                        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
-                        ("DISABLE_TELEMETRY", "1"), ("DISABLE_AUTOUPDATER", "1"),
-                        ("CLAUDE_CODE_MAX_RETRIES", "0")):
-        monkeypatch.setenv(name, value)
-    yield api
-    api.stop()
-
 
 def test_real_cli_client_tools_round_trip_and_parse(start, real_cli, fake_api):
     br = start(CLAUDE_BIN=real_cli, CLAUDE_AUTH_KEY="k")

@@ -57,12 +57,16 @@ Run by hand:  python testkit/fake_anthropic.py [--host H] [--port N] [--mode M]
 
 import argparse
 import json
+import os
 import sys
 import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run as a script, or imported
+import markers  # noqa: E402
 
 USAGE = {
     "input_tokens": 111,
@@ -102,7 +106,6 @@ def reply_text(body):
         model, len(messages), len(text), text)
 
 
-_MARK_START = "[upstream:"
 
 
 def _tool_results(messages):
@@ -150,41 +153,9 @@ def parse_markers(text):
     """[(kind, arg)] of the [upstream:...] markers in text, in order.  kind "tool" has
     arg (name, input dict); "json" arg dict; "think" arg str; "words" arg int;
     "error-429"/"error-529" arg None."""
-    out = []
-    pos = 0
-    dec = json.JSONDecoder()
-    while True:
-        i = text.find(_MARK_START, pos)
-        if i < 0:
-            return out
-        j = i + len(_MARK_START)
-        pos = j
-        try:
-            if text.startswith("tool:", j):
-                name, _, _ = text[j + 5:].partition(":")
-                k = j + 5 + len(name) + 1
-                obj, end = dec.raw_decode(text, k)
-                if text[end:end + 1] == "]":
-                    out.append(("tool", (name, obj)))
-                    pos = end + 1
-            elif text.startswith("json:", j):
-                obj, end = dec.raw_decode(text, j + 5)
-                if text[end:end + 1] == "]":
-                    out.append(("json", obj))
-                    pos = end + 1
-            elif text.startswith("think:", j):
-                end = text.index("]", j)
-                out.append(("think", text[j + 6:end]))
-                pos = end + 1
-            elif text.startswith("words:", j):
-                end = text.index("]", j)
-                out.append(("words", int(text[j + 6:end])))
-                pos = end + 1
-            elif text.startswith("error-429]", j) or text.startswith("error-529]", j):
-                out.append((text[j:j + 9], None))
-                pos = j + 10
-        except ValueError:
-            continue
+    return [(kind, int(arg) if kind == "words" else arg) for kind, arg in markers.scan(
+        text, "upstream", named=("tool",), objects=("json",), texts=("think", "words"),
+        flags=("error-429", "error-529")) if kind != "words" or arg.isdigit()]
 
 
 def plan_answer(body):

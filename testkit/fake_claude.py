@@ -76,6 +76,9 @@ import threading  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run as a script, or imported
+import markers  # noqa: E402
+
 VERSION = os.environ.get("FAKE_CLAUDE_VERSION") or "2.1.332"
 if VERSION not in ("2.1.332", "2.1.197"):
     VERSION = "2.1.332"
@@ -1151,35 +1154,7 @@ def new_part(prompt):
 
 def parse_model_markers(text):
     """[(kind, arg)] for [fake:mcp-call:NAME:{json}], [fake:json:{json}], [fake:think:TEXT]."""
-    out = []
-    pos = 0
-    dec = json.JSONDecoder()
-    while True:
-        i = text.find("[fake:", pos)
-        if i < 0:
-            return out
-        j = i + 6
-        pos = j
-        try:
-            if text.startswith("mcp-call:", j):
-                k = j + 9
-                colon = text.index(":", k)
-                name = text[k:colon]
-                obj, end = dec.raw_decode(text, colon + 1)
-                if text[end:end + 1] == "]" and isinstance(obj, dict):
-                    out.append(("mcp-call", (name, obj)))
-                    pos = end + 1
-            elif text.startswith("json:", j):
-                obj, end = dec.raw_decode(text, j + 5)
-                if text[end:end + 1] == "]":
-                    out.append(("json", obj))
-                    pos = end + 1
-            elif text.startswith("think:", j):
-                end = text.index("]", j)
-                out.append(("think", text[j + 6:end]))
-                pos = end + 1
-        except ValueError:
-            continue
+    return markers.scan(text, "fake", named=("mcp-call",), objects=("json",), texts=("think",))
 
 
 MODEL_MARKERS = ("mcp-call", "json", "think")

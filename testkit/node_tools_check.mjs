@@ -12,28 +12,7 @@
 // The fake CLI calls the client's function named by a `[fake:mcp-call:NAME:{json}]` marker
 // and answers `FAKE-REPLY tool results: NAME=<result>` once it has the result.
 
-import { existsSync, readFileSync } from "node:fs";
-import { homedir } from "node:os";
-import { delimiter, join } from "node:path";
-import { pathToFileURL } from "node:url";
-
-function sdkDir() {
-  if (process.env.OPENAI_SDK_DIR) return process.env.OPENAI_SDK_DIR;
-  for (const dir of (process.env.NODE_PATH || "").split(delimiter).filter(Boolean)) {
-    if (existsSync(join(dir, "openai", "package.json"))) return join(dir, "openai");
-  }
-  return join(homedir(), ".cache", "claude-bridge", "node", "node_modules", "openai");
-}
-
-// Bare `import "openai"` ignores NODE_PATH in an ES module: load the package's ESM entry.
-async function loadSdk() {
-  const dir = sdkDir();
-  const pkg = JSON.parse(readFileSync(join(dir, "package.json"), "utf8"));
-  let entry = pkg.exports?.["."] ?? pkg.module ?? pkg.main;
-  while (entry && typeof entry === "object") entry = entry.import ?? entry.default;
-  const mod = await import(pathToFileURL(join(dir, entry)).href);
-  return { mod, version: pkg.version };
-}
+import { loadSdk } from "./node_sdk_loader.mjs";
 
 const TOOLS = [{
   type: "function",

@@ -13,11 +13,9 @@ the upstream limits.
 """
 
 import json
-import os
 import signal
 import sqlite3
 import time
-from pathlib import Path
 
 import openai
 import pydantic
@@ -577,40 +575,17 @@ def test_beta_parse_gets_a_schema_instance_without_a_marker(br332):
     assert isinstance(parsed, Weather)
 
 
-REAL_CLIS = {"2.1.332": "cli", "2.1.197": "cli197"}  # as test_bridge.py installs them
-
-
-@pytest.mark.parametrize("cli_version", sorted(REAL_CLIS))
-def test_real_cli_parse_with_a_pydantic_model(start, monkeypatch, tmp_path, cli_version):
+def test_real_cli_parse_with_a_pydantic_model(start, real_cli, fake_api):
     """The same parse() through the real CLI against testkit/fake_anthropic.py: the schema
     in the stream-json initialize request is what the real CLI honours."""
-    binary = Path.home() / f".cache/claude-bridge/{REAL_CLIS[cli_version]}/node_modules/.bin/claude"
-    if not binary.exists():
-        if os.environ.get("CI"):
-            pytest.fail("the real claude CLI must be installed in CI (.ci/run does it)")
-        pytest.skip(f"real claude CLI {cli_version} not installed (see .ci/run)")
-    from testkit import fake_anthropic
-    api = fake_anthropic.start()
-    try:
-        home = tmp_path / "home"
-        home.mkdir()
-        monkeypatch.setenv("HOME", str(home))
-        monkeypatch.delenv("CLAUDE_CONFIG_DIR")
-        for name, value in (("ANTHROPIC_BASE_URL", api.url), ("ANTHROPIC_API_KEY", "dummy"),
-                            ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
-                            ("DISABLE_TELEMETRY", "1"), ("DISABLE_AUTOUPDATER", "1"),
-                            ("CLAUDE_CODE_MAX_RETRIES", "0")):
-            monkeypatch.setenv(name, value)
-        br = start(CLAUDE_BIN=str(binary))
-        reply = br.client().chat.completions.parse(
-            model="claude-code", response_format=Weather, messages=[
-                {"role": "user", "content": '[upstream:json:{"city": "Oslo", "temp_c": 3}]'}])
-        assert reply.choices[0].message.parsed == Weather(city="Oslo", temp_c=3)
-        offered = [t for r in api.requests for t in r.get("tools") or ()
-                   if t["name"] == "StructuredOutput"]
-        assert offered and offered[0]["input_schema"]["required"] == ["city", "temp_c"]
-    finally:
-        api.stop()
+    br = start(CLAUDE_BIN=real_cli)
+    reply = br.client().chat.completions.parse(
+        model="claude-code", response_format=Weather, messages=[
+            {"role": "user", "content": '[upstream:json:{"city": "Oslo", "temp_c": 3}]'}])
+    assert reply.choices[0].message.parsed == Weather(city="Oslo", temp_c=3)
+    offered = [t for r in fake_api.requests for t in r.get("tools") or ()
+               if t["name"] == "StructuredOutput"]
+    assert offered and offered[0]["input_schema"]["required"] == ["city", "temp_c"]
 
 
 def test_json_object_content_is_the_structured_output(agent):
@@ -751,18 +726,14 @@ def test_strict_params_refuses_them_with_a_400(start):
 
 def test_upstream_429_and_529_keep_their_meaning_with_retry_after(agent):
     client = agent.client()
-    with pytest.raises(openai.RateLimitError) as caught:
-        client.chat.completions.create(model="claude-code",
-                                       messages=[{"role": "user", "content": "[fake:error-429]"}])
-    assert caught.value.status_code == 429
-    assert int(caught.value.response.headers["Retry-After"]) > 0
-    assert caught.value.code == "upstream_rate_limited"
-    with pytest.raises(openai.InternalServerError) as caught:
-        client.chat.completions.create(model="claude-code",
-                                       messages=[{"role": "user", "content": "[fake:error-529]"}])
-    assert caught.value.status_code == 503
-    assert int(caught.value.response.headers["Retry-After"]) > 0
-    assert caught.value.code == "upstream_overloaded"
+    for marker, error, status, code in (
+            ("[fake:error-429]", openai.RateLimitError, 429, "upstream_rate_limited"),
+            ("[fake:error-529]", openai.InternalServerError, 503, "upstream_overloaded")):
+        with pytest.raises(error) as caught:
+            client.chat.completions.create(model="claude-code",
+                                           messages=[{"role": "user", "content": marker}])
+        assert (caught.value.status_code, caught.value.code) == (status, code)
+        assert int(caught.value.response.headers["Retry-After"]) > 0
     # Streamed: the status is known before the stream begins.
     resp = agent.post({**user("[fake:error-429]"), "stream": True})
     err = assert_error(resp, 429, "upstream_rate_limited")
