@@ -225,6 +225,12 @@ SETTINGS = (
             "Claude sessions (X-Session-ID) remembered (least recently used forgotten)."),
     Setting("CLAUDE_SESSION_DAYS", "30", _int_between(1, 3650),
             "Days an unused Claude session is remembered."),
+    Setting("RECOGNISE_CONVERSATIONS", "true", _parse_bool,
+            "Continue a conversation without X-Session-ID when a client resends its history "
+            "(chat UIs do): only the new messages go to the backend."),
+    Setting("CONVERSATIONS_MAX", "10000", _int_between(1, 10_000_000),
+            "Conversations recognised by their history (least recently used forgotten; "
+            "each is forgotten after CLAUDE_SESSION_DAYS unused)."),
     Setting("CLAUDE_TOOL_NOTES", "true", _parse_bool,
             "Show each tool Claude Code runs as a line of reasoning_content (`Read app.py`)."),
     Setting("CLAUDE_TOOL_WAIT", "300", _seconds,
@@ -540,6 +546,15 @@ def _migrate_via(db):
     db.execute("ALTER TABLE requests ADD COLUMN via TEXT")
 
 
+def _migrate_conversations(db):
+    """v8: conversations recognised by their history: the keyed digest of the history
+    after each good turn -> the session it belongs to and that turn's number."""
+    db.execute("CREATE TABLE conversations (digest TEXT PRIMARY KEY, session_id TEXT NOT NULL,"
+               " turn INTEGER NOT NULL, updated_at TEXT NOT NULL)")
+    db.execute("CREATE INDEX conversations_session ON conversations(session_id, turn)")
+    db.execute("CREATE INDEX conversations_updated ON conversations(updated_at)")
+
+
 def session_tag(key, session_id):
     """The short keyed hash that stands for a client's X-Session-ID everywhere outside the
     request itself: the raw id lets anyone continue (and read) that conversation."""
@@ -563,7 +578,7 @@ def _migrate_session_tags(db):
 # Ordered: PRAGMA user_version is the number of migrations applied.
 MIGRATIONS = (_migrate_requests, _migrate_claude_sessions, _migrate_hourly_rollup,
               _migrate_daily_rollup, _migrate_x_request_id, _migrate_session_tags,
-              _migrate_via)
+              _migrate_via, _migrate_conversations)
 
 # Where sums come from, coarsest first: (table, key column, characters of `ts` in the key).
 # A time window is cut into whole days, then whole hours, then raw rows at its two edges.
@@ -667,8 +682,9 @@ class UsageStore:
     and reported by /health, and the bridge keeps serving.
     """
 
-    def __init__(self, path, max_sessions=10_000, session_days=30):
+    def __init__(self, path, max_sessions=10_000, session_days=30, max_conversations=10_000):
         self.path = path
+        self.max_conversations = max_conversations
         self.lock = threading.Lock()
         self.last_error = None
         self.db = None
@@ -904,6 +920,53 @@ class UsageStore:
                                " LIMIT -1 OFFSET ?)", (self.max_sessions,)))
         self._write(statements)
 
+    def put_turn(self, digest, session_id, turn):
+        """Remember that a history (its digest) is `session_id` after `turn` good turns;
+        forget digests past CONVERSATION_DAYS, and the least recent conversations past
+        CONVERSATIONS_MAX (counted when a conversation starts)."""
+        statements = [("INSERT OR REPLACE INTO conversations VALUES (?,?,?,?)",
+                       (digest, session_id, turn, _utc_now_text())),
+                      ("DELETE FROM conversations WHERE updated_at < ?",
+                       (self._session_cutoff(),))]
+        if turn == 1:
+            statements.append((
+                "DELETE FROM conversations WHERE session_id IN (SELECT session_id FROM"
+                " conversations GROUP BY session_id ORDER BY MAX(updated_at) DESC"
+                " LIMIT -1 OFFSET ?)", (self.max_conversations,)))
+        self._write(statements)
+
+    def find_turn(self, digest):
+        """(session id, turn, the session's latest turn) of a history's digest, or None."""
+        rows = self._read("SELECT c.session_id, c.turn, (SELECT MAX(turn) FROM conversations"
+                          " WHERE session_id = c.session_id) FROM conversations c"
+                          " WHERE digest = ? AND updated_at >= ?",
+                          (digest, self._session_cutoff()))
+        return tuple(rows[0]) if rows else None
+
+    def latest_turn(self, session_id):
+        """(digest, turn) of a session's latest good turn, or None."""
+        rows = self._read("SELECT digest, turn FROM conversations WHERE session_id = ?"
+                          " ORDER BY turn DESC LIMIT 1", (session_id,))
+        return tuple(rows[0]) if rows else None
+
+    def sessions(self, limit):
+        """The sessions with rows, most recently used first."""
+        rows = self._read(
+            "SELECT session_id, provider, SUM(outcome = 'ok'), MAX(ts), TOTAL(total_tokens),"
+            " TOTAL(cost_usd) FROM requests WHERE session_id IS NOT NULL GROUP BY session_id"
+            " ORDER BY MAX(ts) DESC LIMIT ?", (limit,))
+        return [{"id": r[0], "backend": r[1], "turns": int(r[2] or 0), "last_used": _iso(r[3]),
+                 "total_tokens": int(r[4]), "cost_usd": round(r[5], 7)} for r in rows]
+
+    def forget_session(self, session_id):
+        """Forget a session's Claude mapping and digests; False if it was not known."""
+        known = self._read("SELECT 1 FROM requests WHERE session_id = ? LIMIT 1",
+                           (session_id,)) or self._read(
+            "SELECT 1 FROM conversations WHERE session_id = ? LIMIT 1", (session_id,))
+        self._write((("DELETE FROM claude_sessions WHERE client_id = ?", (session_id,)),
+                     ("DELETE FROM conversations WHERE session_id = ?", (session_id,))))
+        return bool(known)
+
     def claude_session_count(self):
         """Client sessions remembered."""
         rows = self._read("SELECT COUNT(*) FROM claude_sessions")
@@ -1000,6 +1063,8 @@ class ChatRequest:
     request_id: str = dataclasses.field(default_factory=_new_request_id)
     created: int = dataclasses.field(default_factory=lambda: int(time.time()))
     client_gone: object = _never  # () -> True once the client hung up
+    owner: str = ""  # who asks: a hash of the caller's key (its conversations are its own)
+    fork: bool = False  # the client's history departs from its session's: start it anew
 
     def system(self):
         """The system and developer messages."""
@@ -1201,6 +1266,63 @@ class _History:
     messages: list = dataclasses.field(default_factory=list)
 
 
+def _digest_chain(seed, messages, legacy=False):
+    """The digests of a history after each of its messages: what a client's resent history
+    must match. Roles, texts (stripped), images, tool call ids and the calls results
+    answer; an assistant's text beside tool calls is left out (clients drop it), and
+    legacy function calls, which have no ids, go by name."""
+    digest, out = hashlib.sha256(seed), []
+    for m in messages:
+        calls = [c.name if legacy else c.id for c in m.tool_calls]
+        item = ("system" if m.is_system else m.role, "" if calls else m.text.strip(),
+                [hashlib.sha256(url.encode()).hexdigest() for url in m.images], calls,
+                m.tool_call_id)
+        digest.update(_dumps(item).encode("utf-8") + b"\n")
+        out.append(digest.copy().hexdigest())
+    return out
+
+
+class Conversations:
+    """Conversations recognised by the history a client resends (chat UIs send no
+    X-Session-ID): after each good turn the keyed digest of the whole history is kept; a
+    request whose history up to its last reply matches the latest turn of a conversation
+    continues it, one that matches an earlier turn (a regenerated or edited message)
+    starts a new one from the client's history. A history that departs from its
+    X-Session-ID's latest turn is such a fork too. The digests are keyed by the store's
+    secret and the caller's key: no one can guess one, or continue another key's."""
+
+    def __init__(self, store, enabled):
+        self.store = store
+        self.enabled = enabled
+
+    def _chain(self, chat, messages):
+        return _digest_chain(self.store.session_key + chat.owner.encode(), messages)
+
+    def resolve(self, chat):
+        """The request with the session it belongs to, and whether it forks it."""
+        answered = max((i + 1 for i, m in enumerate(chat.messages) if m.role == "assistant"),
+                       default=0)
+        digest = self._chain(chat, chat.messages[:answered])[-1] if answered else None
+        if chat.session_id is not None:
+            latest = self.store.latest_turn(chat.session_id) if digest else None
+            fork = latest is not None and latest[0] != digest
+            return dataclasses.replace(chat, fork=fork)
+        if not self.enabled:
+            return chat
+        found = self.store.find_turn(digest) if digest else None
+        if found is not None and found[1] == found[2]:
+            return dataclasses.replace(chat, session_id=found[0])
+        return dataclasses.replace(chat, session_id="c" + secrets.token_hex(8))
+
+    def record(self, chat, reply):
+        """A turn ended well: remember its history, the reply included."""
+        if chat.session_id is None:
+            return
+        messages = [*chat.messages, reply]
+        turn = sum(m.role == "assistant" for m in messages)
+        self.store.put_turn(self._chain(chat, messages)[-1], chat.session_id, turn)
+
+
 class ChatHistories:
     """Conversations kept in memory per session id, for backends with no store of their
     own (Ollama). Bounded in sessions (least recently used dropped), idle time, and
@@ -1227,12 +1349,13 @@ class ChatHistories:
             self._items.move_to_end(session_id)
             return list(item.system), list(item.messages)
 
-    def append(self, session_id, system, messages):
-        """Add a finished turn; `system` replaces the kept system messages when given."""
+    def append(self, session_id, system, messages, replace=False):
+        """Add a finished turn (or, with `replace`, make it all the session holds);
+        `system` replaces the kept system messages when given."""
         now = time.monotonic()
         with self._lock:
             item = self._items.get(session_id)
-            if item is None:
+            if item is None or replace:
                 item = self._items[session_id] = _History(now)
             item.used = now
             if system:
@@ -1251,6 +1374,10 @@ class ChatHistories:
             # Drop whole turns: never keep a reply or tool result without its question.
             while kept and kept[0].role != "user":
                 size -= kept.pop(0).size
+
+    def forget(self, session_id):
+        with self._lock:
+            self._items.pop(session_id, None)
 
     def _expire(self, now):
         while self._items:
@@ -1317,6 +1444,9 @@ class Backend:
 
     def draining(self):
         """The bridge is stopping: end what waits on clients that may never come back."""
+
+    def forget(self, session_id):
+        """Drop what the backend keeps for a session (DELETE /v1/sessions/{id})."""
 
     def shutdown(self):
         """End whatever the backend still runs."""
@@ -1522,6 +1652,10 @@ class Assembly:
     def text(self):
         """The JSON reply's text."""
         return "".join(self.parts)
+
+    def message(self):
+        """The reply as a Message, as the client will send it back."""
+        return Message("assistant", (Text(self.text()), *self.tool_calls()))
 
     def tool_calls(self):
         """The turn's tool calls, in order."""
@@ -1786,6 +1920,9 @@ class ClaudeBackend(Backend):
     def draining(self):
         self.held.shutdown()  # their MCP calls would hold the drain to its end
 
+    def forget(self, session_id):
+        self.live.forget(session_id)
+
     def idle_room(self, idle):
         """Whether one more warm or kept CLI fits beside `idle` ones (CLAUDE_IDLE_MAX)."""
         return idle < self.settings.claude_idle_max
@@ -2046,6 +2183,12 @@ class IdleClis:
             for entry in entries:
                 self._discard(entry)
 
+    def forget(self, key):
+        with self.lock:
+            entry = self.items.pop(key, None)
+        if entry is not None:
+            self._discard(entry)
+
     def evict_one(self):
         """End the one unused longest, freeing its slot; False if none."""
         with self.lock:
@@ -2134,6 +2277,7 @@ class WarmPool:
         self.max_keys = max_keys
         settings = backend.settings
         self.models, self.after = settings.claude_warm_models, settings.claude_warm_after
+        self.sessions = settings.recognise_conversations
         self.seen = collections.OrderedDict()  # key -> requests that used it
         self.lock = threading.Lock()
         self.idle = collections.OrderedDict()  # key -> [Cli]
@@ -2155,6 +2299,10 @@ class WarmPool:
                     time.monotonic() - entry.since < _WARM_MAX_AGE_SECONDS:
                 return entry
             self._discard(entry)  # died or too old: never hand it out
+
+    def take_for_session(self, key):
+        """A warm CLI that started a session of its own, or None."""
+        return self.take(key) if self.sessions else None
 
     def want(self, key):
         """A request used key: fill its place in the pool in the background, if it is a
@@ -2181,15 +2329,19 @@ class WarmPool:
                 if not self.backend.slots.acquire(blocking=False):
                     return
                 self.starting[key] += 1
+            # With conversations recognised, every first turn starts a session: a warm CLI
+            # starts its own, so that it can serve one.
+            claude_uuid = str(uuid.uuid4()) if self.sessions else None
             try:
                 proc = self.backend.spawn(self.backend.binary(), key,
-                                          ["--no-session-persistence"])
+                                          ["--session-id", claude_uuid] if claude_uuid
+                                          else ["--no-session-persistence"])
             except BridgeError:
                 self.backend.slots.release()
                 with self.lock:
                     self.starting[key] -= 1
                 return
-            entry = Cli(proc, _StderrTail(proc.stderr), time.monotonic())
+            entry = Cli(proc, _StderrTail(proc.stderr), time.monotonic(), claude_uuid)
             dropped = []
             with self.lock:
                 self.starting[key] -= 1
@@ -2460,16 +2612,8 @@ def _tool_rules(params):
 
 
 def _history_digest(messages, legacy=False):
-    """What a client's resent history must match: roles, texts and tool call ids (the
-    assistant's text is left out: clients drop it beside tool calls). Legacy function
-    calls have no ids: their names stand in."""
-    digest = hashlib.sha256()
-    for m in messages:
-        ids = [c.name if legacy else c.id for c in m.tool_calls]
-        item = ("system" if m.is_system else m.role,
-                ids if m.role == "assistant" else m.text.strip(), m.tool_call_id)
-        digest.update(_dumps(item).encode("utf-8") + b"\n")
-    return digest.hexdigest()
+    """The digest of a whole history (see _digest_chain)."""
+    return _digest_chain(b"", messages, legacy)[-1] if messages else ""
 
 
 def _tool_results(chat, held=None):
@@ -2620,11 +2764,16 @@ class ClaudeRun(Run):
         if self.continued is not None:
             pass  # its CLI, and the slot that CLI holds, come with it
         elif chat.session_id is None:
-            # A stateless request takes a warm CLI (and its slot) when there is one.
+            # A stateless request takes a warm CLI (and its slot) when there is one ...
             self.held = backend.pool.take(self.spec)
+        elif chat.fork:
+            self.held = backend.pool.take_for_session(self.spec)
         else:
             known = backend.store.get_claude_session(chat.session_id)
-            if known is not None and known.workdir == backend.workdir:
+            if known is None:  # ... and so does a session's first turn, when warm CLIs
+                # start sessions of their own (RECOGNISE_CONVERSATIONS)
+                self.held = backend.pool.take_for_session(self.spec)
+            elif known.workdir == backend.workdir:
                 self.known = known
                 # ... a session's turn, its CLI still running from the turn before.
                 self.held = backend.live.take(chat.session_id, known.claude_uuid,
@@ -2688,7 +2837,7 @@ class ClaudeRun(Run):
             self.held = None
             # (its slot is this run's, released below)
         self._release()
-        if self.chat.session_id is None and self.spec.tools is None:
+        if self.spec.tools is None and (self.chat.session_id is None or self.backend.pool.sessions):
             # Warm or cold, the next request like this one finds a CLI waiting (and may
             # use the slot this one just gave back).
             self.backend.pool.want(self.spec)
@@ -2717,11 +2866,20 @@ class ClaudeRun(Run):
                 return
             _LOG.info("session %s: Claude session %s is gone; starting a new one from the "
                       "history the client sent", chat.session_id, known.claude_uuid)
-        # A fresh UUID each time: a failed first turn still leaves its session file, so
-        # reusing its UUID would fail with "already in use".
-        claude_uuid = str(uuid.uuid4())
-        yield from self._attempt(["--session-id", claude_uuid], flatten_prompt(chat.turns()),
-                                 session=ClaudeSession(claude_uuid, self.backend.workdir, 0.0))
+        # A warm CLI started a session of its own; else a fresh UUID each time: a failed
+        # first turn still leaves its session file, so reusing it fails "already in use".
+        new = (yield from self._first_turn()) if self.held is not None else "dead"
+        if new == "dead":
+            claude_uuid = str(uuid.uuid4())
+            yield from self._attempt(["--session-id", claude_uuid],
+                                     flatten_prompt(chat.turns()),
+                                     session=ClaudeSession(claude_uuid, self.backend.workdir,
+                                                           0.0))
+
+    def _first_turn(self):
+        """A session's first turn on a warm CLI: "dead" if it had died, else None."""
+        session = ClaudeSession(self.held.claude_uuid, self.backend.workdir, 0.0)
+        return (yield from self._attempt([], flatten_prompt(self.chat.turns()), session=session))
 
     def _attempt(self, session_flags, prompt, session=None, heal=False):
         """Run one turn on a CLI: the one held for this request (warm or kept from the
@@ -3227,6 +3385,9 @@ class OllamaBackend(Backend):
     provider = "ollama"
     unsupported = frozenset(("logprobs", "top_logprobs", "logit_bias", "reasoning_effort"))
 
+    def forget(self, session_id):
+        self.histories.forget(session_id)
+
     def ignored(self, chat):
         names = super().ignored(chat)
         if chat.params.get("tool_choice") not in (None, "auto", "none"):
@@ -3347,6 +3508,11 @@ class OllamaRun(Run):
             histories.locks.take_turn(chat.session_id, backend.settings.ollama_timeout)
             self.session_held = True
             system, earlier = histories.get(chat.session_id)
+        # A request with replies in it is the client's whole history: it wins over what
+        # the session kept (never both: Ollama would see the history twice).
+        self.resent = any(m.role == "assistant" for m in chat.messages)
+        if self.resent:
+            system, earlier = [], []
         try:
             own_system = chat.system()
             if chat.session_id is not None and \
@@ -3467,7 +3633,7 @@ class OllamaRun(Run):
                 if self.chat.session_id is not None:
                     reply = Message("assistant", (Text("".join(texts)), *calls))
                     self.backend.histories.append(self.chat.session_id, self.system,
-                                                  self.new_messages + [reply])
+                                                  self.new_messages + [reply], self.resent)
                 yield Final(reason, int(obj.get("prompt_eval_count") or 0),
                             int(obj.get("eval_count") or 0), 0, 0.0)
                 return
@@ -3946,6 +4112,8 @@ class ChunkWriter:
 # ----------------------------------------------------------------------------------------
 
 _JSON = "application/json"
+# A session's id outside its request: a 16-hex tag (X-Session-ID) or c + 16 hex (recognised).
+_SESSION_TAG = re.compile(r"^c?[0-9a-f]{16}\Z")
 # /v1/usage/recent answers at most this many rows.
 _RECENT_MAX = 1000
 
@@ -4131,7 +4299,8 @@ class Bridge:
     def __init__(self, settings):
         self.settings = settings
         self.store = UsageStore(settings.usage_db_path, settings.claude_sessions,
-                                settings.claude_session_days)
+                                settings.claude_session_days, settings.conversations_max)
+        self.conversations = Conversations(self.store, settings.recognise_conversations)
         self.workers = Workers()
         self.claude = ClaudeBackend(settings, self.store, self.workers)
         self.ollama = OllamaBackend(settings, self.workers)
@@ -4150,6 +4319,14 @@ class Bridge:
         # RFC 7235: the scheme is case-insensitive.
         return scheme.lower() == "bearer" and hmac.compare_digest(
             token.strip().encode("utf-8", "replace"), self.auth_key)
+
+    def owner(self):
+        """Who the request being answered comes from, as far as the bridge can tell: a
+        hash of its key (one key today; conversations never cross keys)."""
+        header = bottle.request.get_header("Authorization", "")
+        if self.auth_key is None or not header:
+            return ""
+        return hashlib.sha256(header.strip().encode("utf-8", "replace")).hexdigest()[:16]
 
     def register(self, backend):
         """Add a backend, asked before those already there."""
@@ -4454,12 +4631,33 @@ def get_usage(bridge):
     return _json_response(bridge.store.summary(**_filters(bridge)))
 
 
-def get_usage_recent(bridge):
+def _limit():
     raw = _query("limit") or "50"
     if not re.fullmatch(r"[0-9]{1,4}", raw) or not 1 <= int(raw) <= _RECENT_MAX:
         raise InvalidRequest(f"'limit' must be a whole number from 1 to {_RECENT_MAX}.",
                              param="limit")
-    return _json_response(bridge.store.recent(int(raw), _filters(bridge)["since"]))
+    return int(raw)
+
+
+def get_usage_recent(bridge):
+    return _json_response(bridge.store.recent(_limit(), _filters(bridge)["since"]))
+
+
+def list_sessions(bridge):
+    """Conversations, by header or recognised, most recently used first."""
+    return _json_response({"object": "list", "data": bridge.store.sessions(_limit())})
+
+
+def delete_session(bridge, session_id):
+    """Forget a conversation: its Claude session mapping, digests and kept CLI or history
+    (its usage rows stay)."""
+    known = bool(_SESSION_TAG.match(session_id)) and bridge.store.forget_session(session_id)
+    if not known:
+        raise NotFound("No such session (use an id from GET /v1/sessions).",
+                       param="session_id")
+    for backend in bridge.backends:
+        backend.forget(session_id)
+    return _json_response({"id": session_id, "object": "session.deleted", "deleted": True})
 
 
 def get_usage_timeseries(bridge):
@@ -4536,7 +4734,10 @@ def create_chat_completion(bridge):
     except InvalidRequest as exc:
         chat, refused = refused_chat(body, environ, settings.claude_default_model), exc
     # From here on the session is known by its tag only: rows, logs, errors, keys.
-    chat = dataclasses.replace(chat, session_id=bridge.store.session_tag(chat.session_id))
+    chat = dataclasses.replace(chat, session_id=bridge.store.session_tag(chat.session_id),
+                               owner=bridge.owner())
+    if refused is None:
+        chat = bridge.conversations.resolve(chat)
     if refused is not None:
         RequestRecord(bridge, chat, bridge.backend_for(chat.model).provider, environ).write(
             "error", refused.status, refused.message)
@@ -4561,8 +4762,8 @@ def create_chat_completion(bridge):
             # failure still gets its real status.
             first = next(e for e in events if e is not _TICK)
             handed_off = True
-            return _stream(chat, run, events, first, record)
-        return _complete(chat, events, record)
+            return _stream(chat, run, events, first, record, bridge.conversations)
+        return _complete(chat, events, record, bridge.conversations)
     except BridgeError as exc:
         record.write("error", exc.status, exc.message, run=run)
         return _error_response(exc)
@@ -4577,18 +4778,19 @@ def create_chat_completion(bridge):
             record.write("error", 500, "internal error in the bridge", run=run)
 
 
-def _complete(chat, events, record):
+def _complete(chat, events, record, conversations):
     turn = Assembly()
     for event in events:
         if turn.feed(event):
             record.first()
     body = completion_body(chat, turn)
     record.write("ok", 200, final=turn.final)
+    conversations.record(chat, turn.message())
     ignored = bottle.response.get_header("X-Bridge-Ignored-Params")
     return _json_response(body, headers=ignored and {"X-Bridge-Ignored-Params": ignored})
 
 
-def _stream(chat, run, events, first, record):
+def _stream(chat, run, events, first, record, conversations):
     writer = ChunkWriter(chat)
     bottle.response.content_type = "text/event-stream"
     bottle.response.set_header("Cache-Control", "no-cache")
@@ -4609,6 +4811,7 @@ def _stream(chat, run, events, first, record):
                 if isinstance(event, Final):
                     final = event
                     record.write("ok", 200, final=final)
+                    conversations.record(chat, turn.message())
                     out = writer.chunk({}, writer.finish_reason(final))
                     if chat.include_usage:
                         out += writer.usage(final)
@@ -4642,6 +4845,7 @@ ROUTES = (
     ("GET", "/v1/usage", get_usage), ("GET", "/v1/usage/recent", get_usage_recent),
     ("GET", "/v1/usage/timeseries", get_usage_timeseries), ("GET", "/metrics", get_metrics),
     ("GET", "/openapi.json", get_openapi), ("GET", "/dashboard", get_dashboard),
+    ("GET", "/v1/sessions", list_sessions), ("DELETE", "/v1/sessions/<session_id>", delete_session),
     ("POST", "/mcp/<token>", serve_mcp),
 )
 
@@ -4923,7 +5127,7 @@ def _oa_error(description, retry_after=None):
 
 
 def _oa_operation(operation_id, tag, summary, responses, description=None, parameters=None,
-                  public=False, body=None):
+                  public=False, body=None, method=None):
     """{method: the operation}: only POST routes take a body; `public` ones need no key."""
     optional = {"description": description, "parameters": parameters,
                 "security": [] if public else None, "requestBody": body}
@@ -4931,7 +5135,7 @@ def _oa_operation(operation_id, tag, summary, responses, description=None, param
     refused = {"403": _oa_ref("Forbidden", "responses")}
     if body:
         refused["415"] = _oa_ref("UnsupportedMediaType", "responses")
-    return {"post" if body else "get": {
+    return {method or ("post" if body else "get"): {
         "operationId": operation_id, "tags": [tag], "summary": summary,
         **{key: value for key, value in optional.items() if value is not None},
         "responses": {**responses, **refused}}}
@@ -4962,7 +5166,8 @@ def openapi_document(version, providers=("ollama", "claude")):
                             "Ollama.", "description": about,
                  "license": {"name": "MIT", "identifier": "MIT"}},
         "security": [{"bearerAuth": []}],
-        "paths": {**_oa_chat_path(), **_oa_other_paths(providers), **_oa_mcp_path()},
+        "paths": {**_oa_chat_path(), **_oa_other_paths(providers), **_oa_session_paths(),
+                  **_oa_mcp_path()},
         "components": {
             "securitySchemes": {"bearerAuth": {
                 "type": "http", "scheme": "bearer", "description":
@@ -5040,6 +5245,35 @@ def _oa_chat_path():
                     "refused ones included. A stream that fails after it began sends one "
                     "`data: {\"error\": {...}}` event and ends without `[DONE]`.",
         parameters=[session, _oa_ref("X-Request-ID", "parameters")], body=body)}
+
+
+def _oa_session_paths():
+    unauthorized = {"401": _oa_ref("Unauthorized", "responses")}
+    limit = {"name": "limit", "in": "query", "required": False, "description":
+             f"How many, 1 to {_RECENT_MAX}.", "schema": {
+                 "type": "integer", "minimum": 1, "maximum": _RECENT_MAX, "default": 50}}
+    session = {"name": "session_id", "in": "path", "required": True,
+               "schema": {"type": "string"}, "description": "An id from GET /v1/sessions."}
+    return {
+        "/v1/sessions": _oa_operation(
+            "listSessions", "sessions", "Conversations, most recently used first: by "
+            "X-Session-ID (its keyed hash) or recognised from the history a client resent.",
+            {"200": _oa_response("The sessions.", _oa_record({
+                "object": {"const": "list"}, "data": {"type": "array", "items": _oa_record({
+                    "id": {"type": "string", "pattern": _oa_pattern(_SESSION_TAG)},
+                    "backend": "string?", "turns": {"type": "integer", "minimum": 0},
+                    "last_used": {"type": "string", "format": "date-time"},
+                    **_oa_sums("total_tokens", "cost_usd")})}})),
+             "400": _oa_ref("BadRequest", "responses"), **unauthorized},
+            parameters=[limit]),
+        "/v1/sessions/{session_id}": _oa_operation(
+            "deleteSession", "sessions", "Forget a session: its Claude session, history "
+            "digests and kept CLI or history (its usage rows stay).",
+            {"200": _oa_response("Forgotten.", _oa_record({
+                "id": "string", "object": {"const": "session.deleted"},
+                "deleted": {"const": True}})),
+             "404": _oa_error("No such session (code `not_found`)."), **unauthorized},
+            parameters=[session], method="delete")}
 
 
 def _oa_mcp_path():

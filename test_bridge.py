@@ -600,12 +600,13 @@ def test_session_mapping_survives_a_restart(start):
 def test_lost_claude_session_heals_from_the_clients_history(br, tmp_path):
     client = br.client()
     h = {"X-Session-ID": "healme"}
-    client.chat.completions.create(model="claude-code", extra_headers=h,
-                                   messages=[{"role": "user", "content": "one"}])
+    first = client.chat.completions.create(model="claude-code", extra_headers=h,
+                                           messages=[{"role": "user", "content": "one"}])
     for f in (tmp_path / "claude-config").rglob("*.jsonl"):
         f.unlink()  # the CLI lost its session file
     reply = client.chat.completions.create(model="claude-code", extra_headers=h, messages=[
-        {"role": "user", "content": "one"}, {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "one"},
+        {"role": "assistant", "content": first.choices[0].message.content},
         {"role": "user", "content": "two"}])
     assert reply.choices[0].message.content.startswith("FAKE-REPLY")
     runs = br.chat_runs()
@@ -1528,8 +1529,9 @@ def test_load_at_ci_size():
     assert mixed["wrong_status"] == 0
     assert mixed["rows"] == mixed["expected_outcomes"]  # every request is one row
     before, after = figures["growth"]["before"], figures["growth"]["after"]
-    # No CLI left behind: only warm ones may wait (1 per model and prompt, 4 at most).
-    assert after["children"] <= 4
+    # No CLI left behind: only idle ones may wait (warm and kept, CLAUDE_IDLE_MAX = 4 in
+    # all), beside the reaper.
+    assert after["children"] <= 4 + 1
     assert after["fds"] <= before["fds"] + 10
     assert after["threads"] <= before["threads"] + 10
     assert after["rss_mib"] <= before["rss_mib"] + 25

@@ -37,7 +37,9 @@ class Running:
         # No warm CLIs unless a test asks: the other tests count the CLIs they start.
         base = {"PORT": "0", "CLAUDE_BIN": str(FAKE_CLAUDE), "CLAUDE_WORKDIR": str(tmp),
                 "USAGE_DB_PATH": str(tmp / "usage.db"), "THREADS": "16",
-                "CLAUDE_WARM_POOL": "0", "CLAUDE_SESSION_KEEPALIVE": "0"}
+                "CLAUDE_WARM_POOL": "0", "CLAUDE_SESSION_KEEPALIVE": "0",
+                # Stateless unless a test asks: the other tests count sessions they start.
+                "RECOGNISE_CONVERSATIONS": "false"}
         base.update(env)
         self.settings = bridge.load_settings(environ=base)
         self.server = bridge.create_server(self.settings)
@@ -179,6 +181,7 @@ class BridgeProcess:
         self.tmp = tmp
         full = {**os.environ, "PORT": "0", "CLAUDE_BIN": str(FAKE_CLAUDE),
                 "CLAUDE_WARM_POOL": "0", "CLAUDE_SESSION_KEEPALIVE": "0",
+                "RECOGNISE_CONVERSATIONS": "false",
                 "CLAUDE_WORKDIR": str(tmp), "USAGE_DB_PATH": str(tmp / "usage.db"),
                 "FAKE_CLAUDE_LOG": str(tmp / "fake-log"), "FAKE_CLAUDE_AUTH": "ok",
                 "CLAUDE_CONFIG_DIR": str(tmp / "claude-config"), **env}
