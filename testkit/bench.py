@@ -5,6 +5,7 @@
     python testkit/bench.py overhead [--requests 2000]
     python testkit/bench.py tools [--rounds 3] [--runs 3] [--real-cli PATH]
     python testkit/bench.py idle-memory [--concurrency 4] [--real-cli PATH]
+    python testkit/bench.py chat-ui [--turns 5] [--runs 3] [--pause 1] [--real-cli PATH]
 
 overhead: the bridge (`python bridge.py` in its own process) against a fast fake Ollama
 (another process), side by side with the same client calling that fake directly, in one
@@ -27,6 +28,16 @@ idle-memory: a mixed workload (stateless requests over 6 model names and 3 syste
 and X-Session-ID sessions of 2 turns), then, once the bridge is idle, the CLIs it keeps
 (warm pool + kept session CLIs) and the RSS of their process groups: once with settings
 that mimic the policy before CLAUDE_IDLE_MAX, once with the defaults, in one run.
+
+chat-ui: a conversation as a chat UI (Open WebUI) holds it: streamed, every turn resending
+the whole history with the replies exactly as received, and no X-Session-ID. Per turn, the
+time to the first content token and the prompt characters the CLI was sent, in three modes
+on three bridges (defaults: CLAUDE_WARM_POOL=1, CLAUDE_SESSION_KEEPALIVE=300), one
+conversation of each in turn: recognised (RECOGNISE_CONVERSATIONS=true: the kept CLI gets
+only the new message), header (X-Session-ID, only the new message sent) and flattened
+(RECOGNISE_CONVERSATIONS=false: each turn a new CLI gets the whole history as one prompt).
+Also how each turn reached a CLI (kept, warm, resume, new). With --real-cli, the real CLI
+against the loopback fake Anthropic API too.
 """
 
 import argparse
@@ -815,6 +826,244 @@ def idle_memory(args):
                 print(f"  !! CLI processes still running after the bridge stopped: {left}")
 
 
+# What a chat-UI user writes, turn by turn (about 150 characters each).
+_CHAT_TURNS = [
+    "I'm planning a three-day trip to Lisbon in late spring. What neighbourhoods should I "
+    "stay in if I like walking, old tiled buildings and good cheap food?",
+    "Alfama sounds nice. How hilly is it really, and is it a problem with a rolling "
+    "suitcase coming from the airport on the metro and then on foot?",
+    "Fair enough, I'll take a taxi. Could you sketch a rough plan for day one that starts "
+    "at the castle and ends somewhere with a view at sunset?",
+    "For day two I'd like a half-day trip out of the city. Sintra or Cascais, which one "
+    "suits someone who prefers palaces and gardens to beaches?",
+    "Great. Last question: what are two or three dishes I should not leave without trying, "
+    "and roughly what should a simple lunch cost there?",
+]
+
+
+def _chat_turn(url, messages, session=None):
+    """(seconds to the first content token, the reply's content as streamed, HTTP status,
+    error text) of one streamed chat turn."""
+    headers = {"X-Session-ID": session} if session else {}
+    body = {"model": "claude-code", "stream": True, "messages": messages}
+    t0 = time.perf_counter()
+    first, parts = None, []
+    with requests.post(url + "/v1/chat/completions", json=body, stream=True,
+                       headers=headers, timeout=180) as resp:
+        if resp.status_code != 200:
+            return None, "", resp.status_code, resp.text[:200]
+        for line in resp.iter_lines():
+            if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if "error" in event:
+                return first, "".join(parts), 200, json.dumps(event["error"])[:200]
+            for choice in event.get("choices", ()):
+                text = (choice.get("delta") or {}).get("content")
+                if text:
+                    if first is None:
+                        first = time.perf_counter() - t0
+                    parts.append(text)
+    return first, "".join(parts), 200, None
+
+
+class _HowServed:
+    """How each turn reached a CLI, read from the bridge's own registries (wrapped on this
+    in-process bridge): kept (its session's running CLI), warm (a pre-started one),
+    resume (a known session whose CLI was gone: a new CLI with --resume) or new."""
+
+    def __init__(self, backend):
+        self.events = []
+        pool_take, live_take = backend.pool.take, backend.live.take
+
+        def take_warm(key):
+            entry = pool_take(key)
+            self.events.append(("warm", entry.proc.pid) if entry else None)
+            return entry
+
+        def take_kept(client_id, claude_uuid, key):
+            entry = live_take(client_id, claude_uuid, key)
+            self.events.append(("kept", entry.proc.pid) if entry else ("resume", None))
+            return entry
+
+        backend.pool.take = take_warm  # take_for_session calls it too
+        backend.live.take = take_kept
+
+    def turn(self):
+        """The way the last turn was served, and the CLI's pid when it was already running."""
+        got = [e for e in self.events if e is not None] or [("new", None)]
+        self.events.clear()
+        return got[-1]
+
+
+def _fake_turn_prompts(log_dir, before):
+    """{pid: turns} of the fake CLIs' logs; with `before`, the prompts given since then."""
+    now = {}
+    for path in Path(log_dir).glob("*.json"):
+        try:
+            run = json.loads(path.read_text())
+        except ValueError:
+            continue  # being written
+        if "--version" not in run["argv"]:
+            now[run["pid"]] = run.get("turns") or ([run["stdin"]] if run.get("stdin")
+                                                   and "--input-format" not in run["argv"]
+                                                   else [])
+    if before is None:
+        return now
+    return [t for pid, turns in now.items() for t in turns[len(before.get(pid, ())):]]
+
+
+def _text_chars(content):
+    if isinstance(content, str):
+        return len(content)
+    return sum(len(b.get("text") or "") for b in content or ()
+               if isinstance(b, dict) and b.get("type") == "text")
+
+
+def chat_ui(args):
+    """A chat UI's conversation (no X-Session-ID, history resent): recognised by the
+    bridge, against X-Session-ID and against stateless flattening, in one run."""
+    tmp = tempfile.mkdtemp(prefix="bench-chat-")
+    turns = [_CHAT_TURNS[i % len(_CHAT_TURNS)] + (f" (#{i + 1})" if i >= len(_CHAT_TURNS)
+                                                   else "") for i in range(args.turns)]
+    log_dir = os.path.join(tmp, "fake-log")
+    os.makedirs(log_dir)
+    os.environ.pop("CLAUDECODE", None)
+    os.environ["FAKE_CLAUDE_LOG"] = log_dir
+    os.environ["CLAUDE_CONFIG_DIR"] = os.path.join(tmp, "cfg")
+    os.environ["FAKE_CLAUDE_AUTH"] = "ok"
+    targets = [("fake claude (450 ms start)", str(FAKE_CLAUDE),
+                {"FAKE_CLAUDE_STARTUP_MS": "450"}, None)]
+    if args.real_cli:
+        from testkit import fake_anthropic
+        # A flattened prompt holds every earlier turn: the fake API answers only its new
+        # part (as the fake CLI does), so the replies, and so the histories resent, are
+        # the same in every mode.
+        _fake_api_sees_new_part_only(fake_anthropic)
+        api = _start_fake_api()
+        targets.append((f"real claude {_cli_version(args.real_cli)}", args.real_cli,
+                        _real_cli_env(os.path.join(tmp, "home"), api.url), api))
+        os.makedirs(os.path.join(tmp, "home"))
+    modes = (("recognised", {"RECOGNISE_CONVERSATIONS": "true"}, False),
+             ("header", {"RECOGNISE_CONVERSATIONS": "true"}, True),
+             ("flattened", {"RECOGNISE_CONVERSATIONS": "false"}, False))
+    print(f"chat-UI conversation: {args.turns} turns (user messages of "
+          f"{min(map(len, turns))}-{max(map(len, turns))} chars), streamed; "
+          f"{args.runs} conversations per mode, modes taking turns (one conversation each), "
+          f"{args.pause:g} s between turns (the user reading), after one uncounted "
+          f"warm-up conversation per mode")
+    print("recognised: no X-Session-ID, whole history resent (replies as received), "
+          "RECOGNISE_CONVERSATIONS=true; header: X-Session-ID, only the new user message; "
+          "flattened: as recognised but RECOGNISE_CONVERSATIONS=false")
+    print("all: CLAUDE_WARM_POOL=1, CLAUDE_SESSION_KEEPALIVE=300 (the defaults), "
+          "in-process bridges started one after another")
+    print("ttft = ms from sending the request to the first content token (median over "
+          "runs; the last column, the mean of turns 2 on); "
+          "chars = prompt characters the CLI was sent for the turn (fake CLI: the turn's "
+          "text in its FAKE_CLAUDE_LOG; real CLI: the text blocks of the last user message "
+          "of the turn's last /v1/messages request; upstream = text of all its messages); "
+          "via = how the turn reached a CLI (kept / warm / resume / new), per conversation")
+    summary = []
+    for name, binary, extra, api in targets:
+        saved = {k: os.environ.get(k) for k in [*extra, "CLAUDE_CONFIG_DIR"]}
+        os.environ.update(extra)
+        if api is not None:
+            os.environ.pop("CLAUDE_CONFIG_DIR")
+        servers = {}
+        for mode, settings, _ in modes:
+            server, url = serve({
+                "PORT": "0", "CLAUDE_BIN": binary, "CLAUDE_WORKDIR": tmp,
+                "CLAUDE_WARM_POOL": "1", "CLAUDE_SESSION_KEEPALIVE": "300",
+                "USAGE_DB_PATH": os.path.join(tmp, f"{mode}-{len(summary)}.db"),
+                "LOG_REQUESTS": "false", **settings})
+            servers[mode] = (server, url, _HowServed(server.app.bridge.claude))
+        ttft = {m: [[] for _ in turns] for m, _, _ in modes}
+        chars = {m: [[] for _ in turns] for m, _, _ in modes}
+        upstream = {m: [[] for _ in turns] for m, _, _ in modes}
+        vias = {m: [] for m, _, _ in modes}
+        problems = []
+        for run in range(args.runs + 1):  # the first, a warm-up, is not counted
+            for mode, _, header in modes:
+                server, url, how = servers[mode]
+                session = f"chat-ui-{mode}-{run}" if header else None
+                history, seen = [], []
+                how.turn()
+                for i, text in enumerate(turns):
+                    time.sleep(args.pause)
+                    history.append({"role": "user", "content": text})
+                    sent = history[-1:] if header else history
+                    before = _fake_turn_prompts(log_dir, None) if api is None else None
+                    asked = len(api.requests) if api is not None else 0
+                    first, reply, status, error = _chat_turn(url, sent, session)
+                    way, pid = how.turn()
+                    seen.append(way)
+                    if error or first is None:
+                        problems.append(f"{mode} run {run} turn {i + 1}: HTTP {status} "
+                                        f"{error or 'no content'}")
+                        break
+                    history.append({"role": "assistant", "content": reply})
+                    if api is None:
+                        prompts = _fake_turn_prompts(log_dir, before)
+                        n = len(prompts[-1]) if prompts else float("nan")
+                        if len(prompts) != 1:
+                            problems.append(f"{mode} run {run} turn {i + 1}: {len(prompts)} "
+                                            "CLI turns logged")
+                        up = float("nan")
+                    else:
+                        reqs = [r for r in api.requests[asked:] if r.get("messages")]
+                        if not reqs:
+                            problems.append(f"{mode} run {run} turn {i + 1}: no upstream "
+                                            "request")
+                            n = up = float("nan")
+                        else:
+                            msgs = reqs[-1]["messages"]
+                            last = [m for m in msgs if m.get("role") == "user"][-1]
+                            n = _text_chars(last.get("content"))
+                            up = sum(_text_chars(m.get("content")) for m in msgs)
+                    if run:
+                        ttft[mode][i].append(first)
+                        chars[mode][i].append(n)
+                        upstream[mode][i].append(up)
+                if run:
+                    vias[mode].append(",".join(seen))
+        heads = " ".join(f"{'turn ' + str(t + 1):>8}" for t in range(len(turns)))
+        print(f"\n{name}")
+        print(f"{'mode':11} {'figure':9} {heads} {'2-' + str(len(turns)) + ' mean':>9}")
+        means = {}
+        for mode, _, _ in modes:
+            rows = [("ttft ms", [statistics.median(v) * 1000 if v else float("nan")
+                                 for v in ttft[mode]])]
+            rows.append(("chars", [statistics.mean(v) if v else float("nan")
+                                   for v in chars[mode]]))
+            if api is not None:
+                rows.append(("upstream", [statistics.mean(v) if v else float("nan")
+                                          for v in upstream[mode]]))
+            for label, cols in rows:
+                later = statistics.mean(cols[1:]) if len(cols) > 1 else float("nan")
+                if label == "ttft ms":
+                    means[mode] = later
+                print(f"{mode if label == 'ttft ms' else '':11} {label:9} "
+                      + " ".join(f"{c:8.1f}" if label == "ttft ms" else f"{c:8.0f}"
+                                 for c in cols) + f" {later:9.1f}")
+            print(f"{'':11} {'via':9} " + " | ".join(sorted(set(vias[mode]))))
+        for mode, (server, _, _) in servers.items():
+            bridge.stop_server(server, server.thread)
+            server.app.bridge.close()
+        for problem in problems:
+            print(f"  !! {name}: {problem}")
+        summary.append((name, means))
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    print()
+    for name, means in summary:
+        print(f"{name}: turns 2-{len(turns)} ttft, recognised / header = "
+              f"{means['recognised'] / means['header']:.2f}x (target <= 1.5x); "
+              f"flattened / header = {means['flattened'] / means['header']:.2f}x")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -835,9 +1084,15 @@ def main():
     im.add_argument("--concurrency", type=int, default=int(
         next(s.default for s in bridge.SETTINGS if s.name == "CLAUDE_MAX_CONCURRENCY")))
     im.add_argument("--real-cli", default=None)
+    cu = sub.add_parser("chat-ui")
+    cu.add_argument("--turns", type=int, default=5)
+    cu.add_argument("--runs", type=int, default=3)
+    cu.add_argument("--pause", type=float, default=1.0,
+                    help="seconds between turns (a user reading the reply)")
+    cu.add_argument("--real-cli", default=None)
     args = parser.parse_args()
     {"first-byte": first_byte, "usage": usage, "overhead": overhead, "tools": tools,
-     "idle-memory": idle_memory}[args.command](args)
+     "idle-memory": idle_memory, "chat-ui": chat_ui}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -342,3 +342,28 @@ def test_failed_rows_are_highlighted_and_the_window_selector_refetches(start, pa
     assert "since=" not in last
     expect(pg.locator("#chart-caption")).to_have_text(re.compile("all time"))
     expect(pg.locator("#total-requests")).to_have_text("4")
+
+
+def test_sessions_panel_lists_sessions_and_filters_the_recent_requests(start, page):
+    br = start(RECOGNISE_CONVERSATIONS="true")
+    client = br.client()
+    history = [{"role": "user", "content": "first question"}]
+    reply = client.chat.completions.create(model="claude-code", messages=history)
+    history += [{"role": "assistant", "content": reply.choices[0].message.content},
+                {"role": "user", "content": "second question"}]
+    client.chat.completions.create(model="claude-code", messages=history)  # the same one
+    client.chat.completions.create(model="claude-code", extra_headers={"X-Session-ID": "b"},
+                                   messages=[{"role": "user", "content": "elsewhere"}])
+    sessions = api(br, "/v1/sessions")["data"]
+    assert [s["turns"] for s in sessions] == [1, 2]
+    open_dashboard(page, br)
+    pg = page.page
+    rows = pg.locator("#sessions tbody tr")
+    expect(rows).to_have_count(2)
+    assert rows.locator("td.session").all_text_contents() == [s["id"] for s in sessions]
+    expect(pg.locator("#recent tbody tr")).to_have_count(3)
+    rows.nth(1).click()  # the recognised conversation: its two turns only
+    expect(pg.locator("#recent tbody tr")).to_have_count(2)
+    expect(pg.locator("#recent-caption")).to_have_text("session " + sessions[1]["id"])
+    rows.nth(1).click()
+    expect(pg.locator("#recent tbody tr")).to_have_count(3)
