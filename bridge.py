@@ -550,7 +550,7 @@ def _migrate_conversations(db):
     """v8: conversations recognised by their history: the keyed digest of the history
     after each good turn -> the session it belongs to and that turn's number."""
     db.execute("CREATE TABLE conversations (digest TEXT PRIMARY KEY, session_id TEXT NOT NULL,"
-               " turn INTEGER NOT NULL, updated_at TEXT NOT NULL)")
+               " turn INTEGER NOT NULL, updated_at TEXT NOT NULL, provider TEXT)")
     db.execute("CREATE INDEX conversations_session ON conversations(session_id, turn)")
     db.execute("CREATE INDEX conversations_updated ON conversations(updated_at)")
 
@@ -920,12 +920,12 @@ class UsageStore:
                                " LIMIT -1 OFFSET ?)", (self.max_sessions,)))
         self._write(statements)
 
-    def put_turn(self, digest, session_id, turn):
+    def put_turn(self, digest, session_id, turn, provider):
         """Remember that a history (its digest) is `session_id` after `turn` good turns;
         forget digests past CONVERSATION_DAYS, and the least recent conversations past
         CONVERSATIONS_MAX (counted when a conversation starts)."""
-        statements = [("INSERT OR REPLACE INTO conversations VALUES (?,?,?,?)",
-                       (digest, session_id, turn, _utc_now_text())),
+        statements = [("INSERT OR REPLACE INTO conversations VALUES (?,?,?,?,?)",
+                       (digest, session_id, turn, _utc_now_text(), provider)),
                       ("DELETE FROM conversations WHERE updated_at < ?",
                        (self._session_cutoff(),))]
         if turn == 1:
@@ -944,9 +944,10 @@ class UsageStore:
         return tuple(rows[0]) if rows else None
 
     def latest_turn(self, session_id):
-        """(digest, turn) of a session's latest good turn, or None."""
-        rows = self._read("SELECT digest, turn FROM conversations WHERE session_id = ?"
-                          " ORDER BY turn DESC LIMIT 1", (session_id,))
+        """(digest, turn, provider) of a session's latest good turn, or None."""
+        rows = self._read("SELECT digest, turn, provider FROM conversations WHERE"
+                          " session_id = ? ORDER BY turn DESC, updated_at DESC LIMIT 1",
+                          (session_id,))
         return tuple(rows[0]) if rows else None
 
     def sessions(self, limit):
@@ -1064,7 +1065,7 @@ class ChatRequest:
     created: int = dataclasses.field(default_factory=lambda: int(time.time()))
     client_gone: object = _never  # () -> True once the client hung up
     owner: str = ""  # who asks: a hash of the caller's key (its conversations are its own)
-    fork: bool = False  # the client's history departs from its session's: start it anew
+    history_digest: str = None  # of the history up to its last reply, when it has one
 
     def system(self):
         """The system and developer messages."""
@@ -1303,24 +1304,31 @@ class Conversations:
         answered = max((i + 1 for i, m in enumerate(chat.messages) if m.role == "assistant"),
                        default=0)
         digest = self._chain(chat, chat.messages[:answered])[-1] if answered else None
-        if chat.session_id is not None:
-            latest = self.store.latest_turn(chat.session_id) if digest else None
-            fork = latest is not None and latest[0] != digest
-            return dataclasses.replace(chat, fork=fork)
-        if not self.enabled:
+        chat = dataclasses.replace(chat, history_digest=digest)
+        if chat.session_id is not None or not self.enabled:
             return chat
         found = self.store.find_turn(digest) if digest else None
         if found is not None and found[1] == found[2]:
             return dataclasses.replace(chat, session_id=found[0])
         return dataclasses.replace(chat, session_id="c" + secrets.token_hex(8))
 
-    def record(self, chat, reply):
+    def departs(self, chat, provider):
+        """Whether a request's resent history is not what its session's backend holds: a
+        reply it never saw (another branch was answered meanwhile, or another backend
+        answered the last turn), or an edited message. Checked under the session's turn
+        lock; a request that sends only its new messages never departs."""
+        if chat.history_digest is None or chat.session_id is None:
+            return False
+        latest = self.store.latest_turn(chat.session_id)
+        return latest is not None and (latest[0] != chat.history_digest or latest[2] != provider)
+
+    def record(self, chat, reply, provider):
         """A turn ended well: remember its history, the reply included."""
         if chat.session_id is None:
             return
         messages = [*chat.messages, reply]
         turn = sum(m.role == "assistant" for m in messages)
-        self.store.put_turn(self._chain(chat, messages)[-1], chat.session_id, turn)
+        self.store.put_turn(self._chain(chat, messages)[-1], chat.session_id, turn, provider)
 
 
 class ChatHistories:
@@ -1910,6 +1918,7 @@ class ClaudeBackend(Backend):
         self._health = Cached(self._probe, 60)
         self.pool = WarmPool(self, settings.claude_warm_pool, settings.claude_warm_keys)
         self.live = LiveSessions(self, settings.claude_session_keepalive)
+        self.conversations = Conversations(store, settings.recognise_conversations)
         self.held = HeldRuns(self, settings.claude_tool_wait)
         self.brokers = {}  # MCP path token -> the ToolBroker of a running CLI
         self.mcp_url = None  # where CLIs reach the bridge's MCP endpoint, once it listens
@@ -2766,7 +2775,8 @@ class ClaudeRun(Run):
         elif chat.session_id is None:
             # A stateless request takes a warm CLI (and its slot) when there is one ...
             self.held = backend.pool.take(self.spec)
-        elif chat.fork:
+        elif backend.conversations.departs(chat, backend.provider):
+            # The client's history wins: a new Claude session from it (under the same id).
             self.held = backend.pool.take_for_session(self.spec)
         else:
             known = backend.store.get_claude_session(chat.session_id)
@@ -4323,10 +4333,10 @@ class Bridge:
     def owner(self):
         """Who the request being answered comes from, as far as the bridge can tell: a
         hash of its key (one key today; conversations never cross keys)."""
-        header = bottle.request.get_header("Authorization", "")
-        if self.auth_key is None or not header:
+        token = bottle.request.get_header("Authorization", "").strip().partition(" ")[2]
+        if self.auth_key is None or not token.strip():
             return ""
-        return hashlib.sha256(header.strip().encode("utf-8", "replace")).hexdigest()[:16]
+        return hashlib.sha256(token.strip().encode("utf-8", "replace")).hexdigest()[:16]
 
     def register(self, backend):
         """Add a backend, asked before those already there."""
@@ -4785,7 +4795,7 @@ def _complete(chat, events, record, conversations):
             record.first()
     body = completion_body(chat, turn)
     record.write("ok", 200, final=turn.final)
-    conversations.record(chat, turn.message())
+    conversations.record(chat, turn.message(), record.provider)
     ignored = bottle.response.get_header("X-Bridge-Ignored-Params")
     return _json_response(body, headers=ignored and {"X-Bridge-Ignored-Params": ignored})
 
@@ -4811,7 +4821,7 @@ def _stream(chat, run, events, first, record, conversations):
                 if isinstance(event, Final):
                     final = event
                     record.write("ok", 200, final=final)
-                    conversations.record(chat, turn.message())
+                    conversations.record(chat, turn.message(), record.provider)
                     out = writer.chunk({}, writer.finish_reason(final))
                     if chat.include_usage:
                         out += writer.usage(final)

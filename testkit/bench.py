@@ -1045,7 +1045,8 @@ def chat_ui(args):
                 print(f"{mode if label == 'ttft ms' else '':11} {label:9} "
                       + " ".join(f"{c:8.1f}" if label == "ttft ms" else f"{c:8.0f}"
                                  for c in cols) + f" {later:9.1f}")
-            print(f"{'':11} {'via':9} " + " | ".join(sorted(set(vias[mode]))))
+            print(f"{'':11} {'via':9} " + " | ".join(
+                f"{way} (x{n})" for way, n in sorted(collections.Counter(vias[mode]).items())))
         for mode, (server, _, _) in servers.items():
             bridge.stop_server(server, server.thread)
             server.app.bridge.close()
