@@ -65,6 +65,19 @@ ARGV = ["-p", "--output-format", "stream-json", "--verbose", "--include-partial-
         "--no-session-persistence"]
 
 
+def _set_env(values, real=False):
+    """Put values (None = unset) in the environment the CLIs inherit; the real CLI keeps
+    its state under HOME, not the fake's CLAUDE_CONFIG_DIR. Returns what was there."""
+    keys = [*values, "CLAUDE_CONFIG_DIR"] if real else list(values)
+    saved = {k: os.environ.get(k) for k in keys}
+    for key, value in {**values, **({"CLAUDE_CONFIG_DIR": None} if real else {})}.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    return saved
+
+
 def bare_cli(binary, prompt):
     """(first stdout line, first text delta) in seconds after spawn."""
     t0 = time.perf_counter()
@@ -558,10 +571,7 @@ def tools(args):
     print(f"{'backend':28} {'mode':8} {'opening':>9} {heads} {'round mean':>11}  via")
     summary = []
     for name, binary, extra, marker in targets:
-        saved = {k: os.environ.get(k) for k in [*extra, "CLAUDE_CONFIG_DIR"]}
-        os.environ.update(extra)
-        if binary != str(FAKE_CLAUDE):
-            os.environ.pop("CLAUDE_CONFIG_DIR")
+        saved = _set_env(extra, real=binary != str(FAKE_CLAUDE))
         servers = {}
         for mode, wait in modes:
             db = os.path.join(tmp, f"{mode}-{len(summary)}.db")
@@ -610,11 +620,7 @@ def tools(args):
         for problem in problems:
             print(f"  !! {name}: {problem}")
         summary.append((name, means))
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _set_env(saved)
     for name, means in summary:
         print(f"{name}: a round rebuilt takes {means['rebuilt'] / means['held']:.2f}x a "
               f"held one ({means['rebuilt'] - means['held']:+.1f} ms)")
@@ -965,10 +971,7 @@ def chat_ui(args):
           "via = how the turn reached a CLI (kept / warm / resume / new), per conversation")
     summary = []
     for name, binary, extra, api in targets:
-        saved = {k: os.environ.get(k) for k in [*extra, "CLAUDE_CONFIG_DIR"]}
-        os.environ.update(extra)
-        if api is not None:
-            os.environ.pop("CLAUDE_CONFIG_DIR")
+        saved = _set_env(extra, real=api is not None)
         servers = {}
         for mode, settings, _ in modes:
             server, url = serve({
@@ -1053,11 +1056,7 @@ def chat_ui(args):
         for problem in problems:
             print(f"  !! {name}: {problem}")
         summary.append((name, means))
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _set_env(saved)
     print()
     for name, means in summary:
         print(f"{name}: turns 2-{len(turns)} ttft, recognised / header = "
