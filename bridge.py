@@ -542,7 +542,8 @@ def _migrate_x_request_id(db):
 def _migrate_via(db):
     """v7: how a turn reached its backend when that is worth knowing: `held` (it
     continued a run that waited for the client's tool results), `rebuilt` (that run was
-    gone, so a new one got the whole history)."""
+    gone, so a new one got the whole history), `forked` (a regenerated or edited message,
+    resumed at an earlier reply of a Claude session)."""
     db.execute("ALTER TABLE requests ADD COLUMN via TEXT")
 
 
@@ -550,7 +551,10 @@ def _migrate_conversations(db):
     """v8: conversations recognised by their history: the keyed digest of the history
     after each good turn -> the session it belongs to and that turn's number."""
     db.execute("CREATE TABLE conversations (digest TEXT PRIMARY KEY, session_id TEXT NOT NULL,"
-               " turn INTEGER NOT NULL, updated_at TEXT NOT NULL, provider TEXT)")
+               " turn INTEGER NOT NULL, updated_at TEXT NOT NULL, provider TEXT,"
+               # Where a Claude turn ended: its session and the reply's message uuid, to
+               # resume a fork there (--resume-session-at).
+               " claude_uuid TEXT, message_uuid TEXT)")
     db.execute("CREATE INDEX conversations_session ON conversations(session_id, turn)")
     db.execute("CREATE INDEX conversations_updated ON conversations(updated_at)")
 
@@ -920,12 +924,13 @@ class UsageStore:
                                " LIMIT -1 OFFSET ?)", (self.max_sessions,)))
         self._write(statements)
 
-    def put_turn(self, digest, session_id, turn, provider):
+    def put_turn(self, digest, session_id, turn, provider, point=None):
         """Remember that a history (its digest) is `session_id` after `turn` good turns;
         forget digests past CONVERSATION_DAYS, and the least recent conversations past
         CONVERSATIONS_MAX (counted when a conversation starts)."""
-        statements = [("INSERT OR REPLACE INTO conversations VALUES (?,?,?,?,?)",
-                       (digest, session_id, turn, _utc_now_text(), provider)),
+        statements = [("INSERT OR REPLACE INTO conversations VALUES (?,?,?,?,?,?,?)",
+                       (digest, session_id, turn, _utc_now_text(), provider,
+                        *(point or (None, None)))),
                       ("DELETE FROM conversations WHERE updated_at < ?",
                        (self._session_cutoff(),))]
         if turn == 1:
@@ -941,6 +946,15 @@ class UsageStore:
                           " WHERE session_id = c.session_id) FROM conversations c"
                           " WHERE digest = ? AND updated_at >= ?",
                           (digest, self._session_cutoff()))
+        return tuple(rows[0]) if rows else None
+
+    def fork_point(self, digest):
+        """(Claude session UUID, reply's message uuid, that session's total cost) where a
+        history (its digest) ended in a Claude session still known, or None."""
+        rows = self._read("SELECT c.claude_uuid, c.message_uuid, s.total_cost_usd FROM"
+                          " conversations c JOIN claude_sessions s ON s.claude_uuid ="
+                          " c.claude_uuid WHERE c.digest = ? AND c.message_uuid IS NOT NULL"
+                          " LIMIT 1", (digest,))
         return tuple(rows[0]) if rows else None
 
     def latest_turn(self, session_id):
@@ -1322,13 +1336,15 @@ class Conversations:
         latest = self.store.latest_turn(chat.session_id)
         return latest is not None and (latest[0] != chat.history_digest or latest[2] != provider)
 
-    def record(self, chat, reply, provider):
-        """A turn ended well: remember its history, the reply included."""
+    def record(self, chat, reply, provider, point=None):
+        """A turn ended well: remember its history, the reply included (and where a Claude
+        session holds it)."""
         if chat.session_id is None:
             return
         messages = [*chat.messages, reply]
         turn = sum(m.role == "assistant" for m in messages)
-        self.store.put_turn(self._chain(chat, messages)[-1], chat.session_id, turn, provider)
+        self.store.put_turn(self._chain(chat, messages)[-1], chat.session_id, turn, provider,
+                            point)
 
 
 class ChatHistories:
@@ -2437,6 +2453,8 @@ def _claude_usage(usage):
 
 
 _NO_CONVERSATION = "No conversation found"
+# What a resume that found nothing to resume says (the session, or the message to fork at).
+_GONE = (_NO_CONVERSATION, "No message found with message.uuid")
 # From this version on, a resumed run's total_cost_usd is the session's total so far;
 # up to 2.1.276, the run's own (bisected over the published versions, fake API).
 _CUMULATIVE_COST_SINCE = (2, 1, 277)
@@ -2768,6 +2786,8 @@ class ClaudeRun(Run):
         self.known = None  # the session's Claude UUID, workdir, cost so far
         self.continued = None  # the HeldRun this request's tool results continue
         self.via = None  # how the turn reached the CLI, when worth a note in the row
+        self.fork_point = None  # (Claude session, message uuid, its cost) to fork from
+        self.resume_point = None  # where this turn ends up: (Claude session, message uuid)
         if _offers_tools(chat.params):
             self._take_tools(backend, chat)
         if self.continued is not None:
@@ -2777,12 +2797,11 @@ class ClaudeRun(Run):
             self.held = backend.pool.take(self.spec)
         elif backend.conversations.departs(chat, backend.provider):
             # The client's history wins: a new Claude session from it (under the same id).
-            self.held = backend.pool.take_for_session(self.spec)
+            self._new_session(backend, chat)
         else:
             known = backend.store.get_claude_session(chat.session_id)
-            if known is None:  # ... and so does a session's first turn, when warm CLIs
-                # start sessions of their own (RECOGNISE_CONVERSATIONS)
-                self.held = backend.pool.take_for_session(self.spec)
+            if known is None:
+                self._new_session(backend, chat)
             elif known.workdir == backend.workdir:
                 self.known = known
                 # ... a session's turn, its CLI still running from the turn before.
@@ -2800,6 +2819,15 @@ class ClaudeRun(Run):
             self._release()
             raise
         self.binary = binary
+
+    def _new_session(self, backend, chat):
+        """A session's first turn: forked from where a Claude session holds the client's
+        history, when one does (a regenerated or edited message); else on a warm CLI that
+        started a session of its own (RECOGNISE_CONVERSATIONS), or a new one."""
+        if chat.history_digest is not None:
+            self.fork_point = backend.store.fork_point(chat.history_digest)
+        if self.fork_point is None:
+            self.held = backend.pool.take_for_session(self.spec)
 
     def _take_tools(self, backend, chat):
         """The held run this request's tool results continue, else a broker for a new
@@ -2878,13 +2906,31 @@ class ClaudeRun(Run):
                       "history the client sent", chat.session_id, known.claude_uuid)
         # A warm CLI started a session of its own; else a fresh UUID each time: a failed
         # first turn still leaves its session file, so reusing it fails "already in use".
-        new = (yield from self._first_turn()) if self.held is not None else "dead"
-        if new == "dead":
+        new = "dead"
+        if self.fork_point is not None:
+            new = yield from self._fork_turn()
+        elif self.held is not None:
+            new = yield from self._first_turn()
+        if new in ("dead", "heal"):
+            self.via = None
             claude_uuid = str(uuid.uuid4())
             yield from self._attempt(["--session-id", claude_uuid],
                                      flatten_prompt(chat.turns()),
                                      session=ClaudeSession(claude_uuid, self.backend.workdir,
                                                            0.0))
+
+    def _fork_turn(self):
+        """Resume the Claude session that holds the client's history at its last reply,
+        into a session of its own: "heal" if that session or message is gone."""
+        parent, message_uuid, parent_cost = self.fork_point
+        claude_uuid = str(uuid.uuid4())
+        self.via = "forked"
+        # (The fork's total_cost_usd goes on from the whole parent session's.)
+        session = ClaudeSession(claude_uuid, self.backend.workdir, parent_cost)
+        return (yield from self._attempt(
+            ["--resume", parent, "--resume-session-at", message_uuid, "--fork-session",
+             "--session-id", claude_uuid], new_turn_prompt(self.chat.new_turns()),
+            session=session, heal=True))
 
     def _first_turn(self):
         """A session's first turn on a warm CLI: "dead" if it had died, else None."""
@@ -2960,7 +3006,7 @@ class ClaudeRun(Run):
                 _LOG.warning("held claude pid %s was dead (%s); starting another", proc.pid,
                              message)
                 return "dead"
-            if heal and not parser.sent_text and _NO_CONVERSATION in message:
+            if heal and not parser.sent_text and any(gone in message for gone in _GONE):
                 return "heal"
             yield Failed(_cli_error(message, parser.api_status))
             return None
@@ -2981,6 +3027,8 @@ class ClaudeRun(Run):
             self.backend.store.put_claude_session(self.chat.session_id, session.claude_uuid,
                                                   self.backend.workdir, total_cost)
         self.cost_usd = cost
+        if session is not None and parser.last_uuid:
+            self.resume_point = (session.claude_uuid, parser.last_uuid)
         stop = result.get("stop_reason")
         yield Final("length" if stop == "max_tokens" else "stop",
                     prompt_tokens, completion_tokens, cached, cost)
@@ -3094,6 +3142,7 @@ class _ClaudeEvents:
         self.api_error = None
         self.api_status = None
         self.version = None  # the CLI's, from its init line
+        self.last_uuid = None  # of the last assistant line: the session file's entry
         self.garbage = None
         self.usage = {}
 
@@ -3192,6 +3241,7 @@ class _ClaudeEvents:
             self.api_error = " ".join(t for t in texts if t) or str(obj.get("error"))
             self.api_status = obj.get("api_error_status") or self.api_status
             return [PROGRESS]
+        self.last_uuid = obj.get("uuid") or self.last_uuid  # where a fork may resume
         message_id = message.get("id")
         index = self.assistant_blocks[message_id]
         self.assistant_blocks[message_id] += 1
@@ -4266,8 +4316,12 @@ class RequestRecord:
         self.started = time.monotonic()
         self.first_token = None
         self.written = False
-        self.via = None  # the run's note on how it reached the backend
+        self.run = None  # its via and resume_point say how the turn went
         self.metrics.started()
+
+    def point(self):
+        """Where the run's backend holds the turn, if it says (a Claude session's)."""
+        return getattr(self.run, "resume_point", None)
 
     def first(self):
         """Note the time of the first content."""
@@ -4294,7 +4348,7 @@ class RequestRecord:
             row.update(run.usage._asdict())
             row["cost_usd"] = getattr(run, "cost_usd", 0.0)
         row["x_request_id"] = self.environ.get("bridge.request_id")
-        row["via"] = self.via
+        row["via"] = getattr(self.run, "via", None)
         self.store.record(row)
         self.metrics.finished(row, valid_model=status != 400)
         self.environ["bridge.status"] = str(status)
@@ -4765,7 +4819,7 @@ def create_chat_completion(bridge):
         if ignored:  # (a stream's headers; _complete's reply takes them along)
             bottle.response.set_header("X-Bridge-Ignored-Params", ", ".join(ignored))
         run = backend.open(chat).start()
-        record.via = getattr(run, "via", None)
+        record.run = run
         events = _events_with_housekeeping(run, environ, settings.sse_heartbeat_seconds)
         if chat.stream:
             # Wait for the first content before committing to 200, so an early
@@ -4795,7 +4849,7 @@ def _complete(chat, events, record, conversations):
             record.first()
     body = completion_body(chat, turn)
     record.write("ok", 200, final=turn.final)
-    conversations.record(chat, turn.message(), record.provider)
+    conversations.record(chat, turn.message(), record.provider, record.point())
     ignored = bottle.response.get_header("X-Bridge-Ignored-Params")
     return _json_response(body, headers=ignored and {"X-Bridge-Ignored-Params": ignored})
 
@@ -4821,7 +4875,8 @@ def _stream(chat, run, events, first, record, conversations):
                 if isinstance(event, Final):
                     final = event
                     record.write("ok", 200, final=final)
-                    conversations.record(chat, turn.message(), record.provider)
+                    conversations.record(chat, turn.message(), record.provider,
+                                         record.point())
                     out = writer.chunk({}, writer.finish_reason(final))
                     if chat.include_usage:
                         out += writer.usage(final)
@@ -5632,9 +5687,11 @@ def _oa_service_schemas(providers):
         "duration_ms": nullable("integer", minimum=0),
         "ttft_ms": nullable("integer", minimum=0,
                             description="Time to the first token; null when none came."),
-        "via": {"type": ["string", "null"], "enum": ["held", "rebuilt", None], "description":
-                "held: the turn continued a Claude run that waited for the client's tool "
-                "results; rebuilt: that run was gone, so a new one got the whole history."}}
+        "via": {"type": ["string", "null"], "enum": ["held", "rebuilt", "forked", None],
+                "description": "held: the turn continued a Claude run that waited for the "
+                "client's tool results; rebuilt: that run was gone, so a new one got the "
+                "whole history; forked: a regenerated or edited message, resumed from where "
+                "a Claude session holds the history before it."}}
     return {
         "Model": _oa_record({
             "id": {"type": "string", "examples": ["claude-code", "ollama/llama3.2:latest"]},

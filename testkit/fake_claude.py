@@ -262,6 +262,7 @@ VALUE_OPTS = {
     "--setting-sources": ("setting_sources", "<sources>"),
     "--json-schema": ("json_schema", "<schema>"),
     "--effort": ("effort", "<level>"),
+    "--resume-session-at": ("resume_session_at", "<uuid>"),
 }
 LIST_OPTS = {
     "--allowedTools": "allowed_tools", "--allowed-tools": "allowed_tools",
@@ -408,6 +409,7 @@ class Session:
         self.path = None
         self.prev_msgs = 0
         self.prev_cost = 0.0
+        self.last_assistant_uuid = None  # of the last assistant line printed
         self.prev_usage = {}  # model -> {"i","o","cr","cc","cost"}
         self.init_done = False
         self.last_result = None
@@ -420,22 +422,33 @@ class Session:
     def file_for(self, sid):
         return os.path.join(self.proj_dir, sid + ".jsonl")
 
-    def load(self, path):
+    def load(self, path, upto=None):
+        """Count the session's turns (up to the entry with uuid `upto`, for
+        --resume-session-at; the cost counts the whole session, as the real CLI's total
+        after a fork does). The entries kept, or None when `upto` is not there."""
+        kept, done, msgs = [], False, 0
         with open(path, encoding="utf-8") as f:
             for raw in f:
                 try:
                     d = json.loads(raw)
                 except ValueError:
                     continue
+                before = done
+                if not done:
+                    kept.append(d)
+                    done = upto is not None and d.get("uuid") == upto
                 ft = d.get("fake_turn")
                 if not ft:
                     continue
-                self.prev_msgs += ft.get("msgs", 2)
+                if not before:
+                    msgs += ft.get("msgs", 2)
                 self.prev_cost += ft.get("cost", 0)
                 for m, u in (ft.get("usage") or {}).items():
                     acc = self.prev_usage.setdefault(m, {"i": 0, "o": 0, "cr": 0, "cc": 0, "cost": 0.0})
                     for k in acc:
                         acc[k] += u.get(k, 0)
+        self.prev_msgs += msgs
+        return kept if upto is None or done else None
 
     def append(self, lines_):
         if not self.persist:
@@ -457,7 +470,8 @@ class Session:
         self.append([
             {"type": "user", "sessionId": self.sid, "uuid": new_uuid(), "timestamp": ts,
              "cwd": self.cwd, "message": {"role": "user", "content": prompt}},
-            {"type": "assistant", "sessionId": self.sid, "uuid": new_uuid(), "timestamp": ts,
+            {"type": "assistant", "sessionId": self.sid,
+             "uuid": self.last_assistant_uuid or new_uuid(), "timestamp": ts,
              "message": {"role": "assistant", "model": self.model,
                          "content": [{"type": "text", "text": reply}]},
              "fake_turn": {"msgs": msgs, "cost": cost, "usage": usage}},
@@ -473,6 +487,8 @@ class Session:
 
     def emit(self, ev):
         t = ev.get("type")
+        if t == "assistant" and ev.get("uuid"):  # the session file's entry has this uuid
+            self.last_assistant_uuid = ev["uuid"]
         if t == "result":
             if not self.partial:
                 ev.pop("begun_message_ids", None)
@@ -1764,6 +1780,8 @@ def main():
     sid_opt, resume = opts.get("session_id"), opts.get("resume")
     if sid_opt is not None and not UUID_RE.match(sid_opt):
         die("Error: Invalid session ID. Must be a valid UUID.")
+    if opts.get("resume_session_at") is not None and resume is None:
+        die("Error: --resume-session-at requires --resume")
     if resume is not None:
         if resume is True or not UUID_RE.match(resume):
             msg = RESUME_NOT_UUID.format("" if resume is True else resume)
@@ -1783,12 +1801,26 @@ def main():
             s.emit(s.result(tpl("error-resume-unknown.jsonl", "result"), None, errors=[msg]))
             s.flush_final()
             finish(1)
-        s.load(rpath)
+        at = opts.get("resume_session_at")
+        kept = s.load(rpath, at)
+        if kept is None:
+            msg = "No message found with message.uuid of: %s" % at
+            s.sid = resume
+            write_err(msg + "\n")
+            s.emit(s.result(tpl("error-resume-unknown.jsonl", "result"), None, errors=[msg]))
+            s.flush_final()
+            finish(1)
         if opts.get("fork_session"):
             s.sid = sid_opt or new_uuid()
             s.path = s.file_for(s.sid)
             if os.path.exists(s.path):
                 die("Error: Session ID %s is already in use." % s.sid)
+            # The fork's own copy; its total goes on from the whole parent's, as the real
+            # CLI's does (claude-cli/<ver>-resume-at-*.jsonl).
+            copied = sum((d.get("fake_turn") or {}).get("cost", 0) for d in kept)
+            s.append([{**d, "sessionId": s.sid} for d in kept] + [
+                {"type": "fake-carried-cost", "fake_turn": {
+                    "msgs": 0, "cost": round(s.prev_cost - copied, 7), "usage": {}}}])
         else:
             s.sid, s.path = resume, rpath
     elif sid_opt is not None:

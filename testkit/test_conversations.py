@@ -9,6 +9,7 @@ Driven by the official openai SDK (strict response validation) against the fake 
 messages of its session) and the fake Ollama (``ECHO model=M msgs=N images=0 last=TEXT``).
 """
 
+import json
 import re
 import sqlite3
 import threading
@@ -195,27 +196,37 @@ def two_turns_then_third(client, model="claude-code"):
     return history
 
 
-def test_regenerate_at_turn_3_starts_a_session_from_the_clients_history(start):
+def assert_forked_from(run, session, text):
+    """The run resumed `session` at an earlier reply into a session of its own, and was
+    sent only the new message."""
+    assert flag(run, "--resume") == session and flag(run, "--resume-session-at")
+    assert "--fork-session" in run["argv"] and flag(run, "--session-id") != session
+    assert prompt_of(run) == text
+
+
+def test_regenerate_at_turn_3_forks_the_session_at_the_second_reply(start):
     br = start(**CONV)
     client = br.client()
     history = two_turns_then_third(client)
     (old_session,) = {claude_uuid(r) for r in br.chat_runs()}
-    # Regenerate: the history without the last reply, once more.
+    # Regenerate: the history without the last reply, once more (with another model, so
+    # that the new reply differs from the first, as a model's would: the fake's reply is a
+    # function of what it was sent).
     again = history[:-1]
-    reply = client.chat.completions.create(model="claude-code", messages=again)
+    reply = client.chat.completions.create(model="sonnet", messages=again)
     content = reply.choices[0].message.content
-    assert msgs(content) == 2 and content.endswith("\nthird question")
+    # The model saw exactly the client's history, once: two turns, then the question.
+    assert msgs(content) == 6 and content.endswith("to: third question")
     new = br.chat_runs()[-1]
+    assert_forked_from(new, old_session, "third question")
     new_session = flag(new, "--session-id")
-    assert new_session and new_session != old_session and "--resume" not in new["argv"]
-    assert_flattened_exactly(prompt_of(new), again)
     rows = ok_rows(br)
-    assert rows[-1]["session_id"] != rows[0]["session_id"]
+    assert rows[-1]["session_id"] != rows[0]["session_id"] and rows[-1]["via"] == "forked"
     assert CONV_ID.match(rows[-1]["session_id"])
     # The regenerated branch continues on its own session ...
     branch = again + [a(content)]
     more = say(client, branch, "fourth on the branch")
-    assert msgs(more) == 4
+    assert msgs(more) == 8
     run = br.chat_runs()[-1]
     assert flag(run, "--resume") == new_session and prompt_of(run) == "fourth on the branch"
     # ... and the old conversation still continues when its own history is resent.
@@ -228,7 +239,7 @@ def test_regenerate_at_turn_3_starts_a_session_from_the_clients_history(start):
     assert rows[-2]["session_id"] == rows[3]["session_id"] != rows[0]["session_id"]
 
 
-def test_edit_at_turn_3_on_a_kept_cli_starts_a_session_from_the_clients_history(start):
+def test_edit_at_turn_3_forks_the_kept_clis_session_at_the_first_reply(start):
     br = start(CLAUDE_SESSION_KEEPALIVE="30", **CONV)
     client = br.client()
     history = two_turns_then_third(client)
@@ -237,21 +248,34 @@ def test_edit_at_turn_3_on_a_kept_cli_starts_a_session_from_the_clients_history(
     edited = history[:2] + [u("second question, edited")]
     reply = client.chat.completions.create(model="claude-code", messages=edited)
     content = reply.choices[0].message.content
-    assert msgs(content) == 2 and content.endswith("\nsecond question, edited")
+    assert msgs(content) == 4 and content.endswith("to: second question, edited")
     new = [r for r in br.chat_runs() if r["pid"] != kept["pid"]]
     assert len(new) == 1, [r["argv"] for r in br.chat_runs()]
-    assert flag(new[0], "--session-id") != flag(kept, "--session-id")
-    assert_flattened_exactly(prompt_of(new[0]), edited)
+    assert_forked_from(new[0], flag(kept, "--session-id"), "second question, edited")
     assert "second question, edited" not in kept["turns"] and len(kept["turns"]) == 3
     # The edited branch continues on the new CLI with only its new message.
     edited.append(a(content))
-    assert msgs(say(client, edited, "after the edit")) == 4
+    assert msgs(say(client, edited, "after the edit")) == 6
     assert run_of_turn(br, "after the edit")["pid"] == new[0]["pid"]
     # The original continues on its own kept CLI.
     assert msgs(say(client, history, "original goes on")) == 8
     assert run_of_turn(br, "original goes on")["pid"] == kept["pid"]
     sessions = [r["session_id"] for r in ok_rows(br)]
     assert sessions[3] == sessions[4] != sessions[0] == sessions[5]
+
+
+def test_a_fork_whose_session_is_gone_starts_from_the_clients_history(start, tmp_path):
+    br = start(**CONV)
+    client = br.client()
+    history = two_turns_then_third(client)
+    for f in (tmp_path / "claude-config").rglob("*.jsonl"):
+        f.unlink()  # the CLI lost the session to fork from
+    again = history[:-1]
+    content = client.chat.completions.create(
+        model="claude-code", messages=again).choices[0].message.content
+    assert msgs(content) == 2  # a new session, from the flattened history
+    assert_flattened_exactly(prompt_of(br.chat_runs()[-1]), again)
+    assert ok_rows(br)[-1]["via"] is None
 
 
 def test_regenerate_and_edit_at_turn_3_on_ollama_send_the_clients_history(obr):
@@ -610,3 +634,25 @@ def test_switching_models_mid_conversation_keeps_the_backend_history_whole(start
     assert any("asked ollama" in t for t in fed), fed
     assert any(history[3]["content"] in t for t in fed), fed  # Ollama's reply too
     assert msgs(reply) in (2, 6), reply  # a new session from the history, or all of it
+
+
+def test_real_cli_continues_and_forks_a_conversation_without_a_header(start, real_cli,
+                                                                       fake_api):
+    br = start(CLAUDE_BIN=real_cli, CLAUDE_SESSION_KEEPALIVE="0", **CONV)
+    client = br.client()
+    history = [u("first")]
+    history.append(a(client.chat.completions.create(
+        model="claude-code", messages=history).choices[0].message.content))
+    second = say(client, history, "second")
+    # the CLI resumed: turn one (and its environment message), its reply, the new one
+    assert "msgs=4" in second
+    # Regenerate the second reply: a fork at the first reply, sent only "second".
+    again = client.chat.completions.create(model="claude-code", messages=history[:-1]
+                                           ).choices[0].message.content
+    assert again.endswith("to: second") and "msgs=4" in again
+    rows = ok_rows(br)
+    assert [r["via"] for r in rows] == [None, None, "forked"]
+    assert rows[1]["session_id"] == rows[0]["session_id"] != rows[2]["session_id"]
+    sent = [m for m in fake_api.requests[-1]["messages"] if m["role"] != "system"]
+    assert len(sent) == 3 and "second" not in json.dumps(sent[:2])
+    assert rows[2]["cost_usd"] == pytest.approx(rows[0]["cost_usd"])
