@@ -78,6 +78,14 @@ def _set_env(values, real=False):
     return saved
 
 
+def _end_target(name, problems, summary, means, saved):
+    """A CLI measured: its problems printed, its figures kept, the environment restored."""
+    for problem in problems:
+        print(f"  !! {name}: {problem}")
+    summary.append((name, means))
+    _set_env(saved)
+
+
 def bare_cli(binary, prompt):
     """(first stdout line, first text delta) in seconds after spawn."""
     t0 = time.perf_counter()
@@ -617,10 +625,7 @@ def tools(args):
                   + f" {means[mode]:11.1f}  {' | '.join(seen)}")
             bridge.stop_server(server, server.thread)
             server.app.bridge.close()
-        for problem in problems:
-            print(f"  !! {name}: {problem}")
-        summary.append((name, means))
-        _set_env(saved)
+        _end_target(name, problems, summary, means, saved)
     for name, means in summary:
         print(f"{name}: a round rebuilt takes {means['rebuilt'] / means['held']:.2f}x a "
               f"held one ({means['rebuilt'] - means['held']:+.1f} ms)")
@@ -1053,10 +1058,7 @@ def chat_ui(args):
         for mode, (server, _, _) in servers.items():
             bridge.stop_server(server, server.thread)
             server.app.bridge.close()
-        for problem in problems:
-            print(f"  !! {name}: {problem}")
-        summary.append((name, means))
-        _set_env(saved)
+        _end_target(name, problems, summary, means, saved)
     print()
     for name, means in summary:
         print(f"{name}: turns 2-{len(turns)} ttft, recognised / header = "

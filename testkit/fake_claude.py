@@ -1676,6 +1676,15 @@ def read_stdin():
     return b"".join(chunks).decode("utf-8", "replace")
 
 
+def resume_failed(s, resume, msg):
+    """Nothing to resume: stderr, one error result (<version>-error-resume-unknown.jsonl)."""
+    s.sid = resume
+    write_err(msg + "\n")
+    s.emit(s.result(tpl("error-resume-unknown.jsonl", "result"), None, errors=[msg]))
+    s.flush_final()
+    finish(1)
+
+
 def control_request(s, msg):
     """stream-json input's `initialize` request (what the Agent SDK sends first): its
     jsonSchema works as --json-schema does (<version>-initialize-json-schema.jsonl)."""
@@ -1795,21 +1804,11 @@ def main():
                 "--fork-session is also specified.")
         rpath = s.file_for(resume)
         if not os.path.isfile(rpath):
-            msg = "No conversation found with session ID: %s" % resume
-            s.sid = resume
-            write_err(msg + "\n")
-            s.emit(s.result(tpl("error-resume-unknown.jsonl", "result"), None, errors=[msg]))
-            s.flush_final()
-            finish(1)
+            resume_failed(s, resume, "No conversation found with session ID: %s" % resume)
         at = opts.get("resume_session_at")
         kept = s.load(rpath, at)
         if kept is None:
-            msg = "No message found with message.uuid of: %s" % at
-            s.sid = resume
-            write_err(msg + "\n")
-            s.emit(s.result(tpl("error-resume-unknown.jsonl", "result"), None, errors=[msg]))
-            s.flush_final()
-            finish(1)
+            resume_failed(s, resume, "No message found with message.uuid of: %s" % at)
         if opts.get("fork_session"):
             s.sid = sid_opt or new_uuid()
             s.path = s.file_for(s.sid)
