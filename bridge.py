@@ -2912,7 +2912,8 @@ class ClaudeRun(Run):
         elif self.held is not None:
             new = yield from self._first_turn()
         if new in ("dead", "heal"):
-            self.via = None
+            if self.via == "forked":
+                self.via = None  # the fork found nothing to resume: a new session after all
             claude_uuid = str(uuid.uuid4())
             yield from self._attempt(["--session-id", claude_uuid],
                                      flatten_prompt(chat.turns()),

@@ -327,6 +327,22 @@ def test_tool_call_conversation_continues_without_a_header(start):
         br.app.bridge.claude.held.shutdown()
 
 
+def test_tool_results_for_a_run_that_is_gone_rebuild_it_in_a_conversation(start):
+    br = start(CLAUDE_TOOL_WAIT="0.2", **CONV)
+    client = br.client()
+    history = [u("Weather? " + call("get_weather", city="Oslo"))]
+    first = client.chat.completions.create(model="claude-code", messages=history,
+                                           tools=TOOLS)
+    assert wait_until(lambda: br.app.bridge.claude.held.count() == 0)  # it waited too long
+    history += results(first.choices[0].message, {"get_weather": "snow"})
+    final = client.chat.completions.create(model="claude-code", messages=history, tools=TOOLS)
+    assert "snow" in prompt_of(br.chat_runs()[-1])
+    assert final.choices[0].finish_reason == "stop"
+    rows = ok_rows(br)
+    assert [r["via"] for r in rows] == [None, "rebuilt"]
+    assert rows[0]["session_id"] == rows[1]["session_id"]
+
+
 # ----------------------------------------------------------------------------------------
 # Whose conversation it is
 # ----------------------------------------------------------------------------------------
