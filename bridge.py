@@ -1080,6 +1080,7 @@ class ChatRequest:
     client_gone: object = _never  # () -> True once the client hung up
     owner: str = ""  # who asks: a hash of the caller's key (its conversations are its own)
     history_digest: str = None  # of the history up to its last reply, when it has one
+    recognised: bool = False  # its session was recognised from its history, not a header
 
     def system(self):
         """The system and developer messages."""
@@ -1323,8 +1324,9 @@ class Conversations:
             return chat
         found = self.store.find_turn(digest) if digest else None
         if found is not None and found[1] == found[2]:
-            return dataclasses.replace(chat, session_id=found[0])
-        return dataclasses.replace(chat, session_id="c" + secrets.token_hex(8))
+            return dataclasses.replace(chat, session_id=found[0], recognised=True)
+        return dataclasses.replace(chat, session_id="c" + secrets.token_hex(8),
+                                   recognised=True)
 
     def departs(self, chat, provider):
         """Whether a request's resent history is not what its session's backend holds: a
@@ -3565,10 +3567,13 @@ class OllamaRun(Run):
         self.session_held = False
         histories = backend.histories
         system, earlier = [], []
-        if chat.session_id is not None:
-            histories.locks.take_turn(chat.session_id, backend.settings.ollama_timeout)
+        # Only X-Session-ID sessions keep a history here: a recognised conversation's
+        # client resends it all anyway (RECOGNISE_CONVERSATIONS).
+        self.session_id = None if chat.recognised else chat.session_id
+        if self.session_id is not None:
+            histories.locks.take_turn(self.session_id, backend.settings.ollama_timeout)
             self.session_held = True
-            system, earlier = histories.get(chat.session_id)
+            system, earlier = histories.get(self.session_id)
         # A request with replies in it is the client's whole history: it wins over what
         # the session kept (never both: Ollama would see the history twice).
         self.resent = any(m.role == "assistant" for m in chat.messages)
@@ -3576,7 +3581,7 @@ class OllamaRun(Run):
             system, earlier = [], []
         try:
             own_system = chat.system()
-            if chat.session_id is not None and \
+            if self.session_id is not None and \
                     sum(m.size for m in own_system) > histories.max_bytes:
                 raise InvalidRequest(
                     f"The system messages are over the {histories.max_bytes // 1024} KiB a "
@@ -3593,7 +3598,7 @@ class OllamaRun(Run):
     def _release(self):
         if self.session_held:
             self.session_held = False
-            self.backend.histories.locks.release(self.chat.session_id)
+            self.backend.histories.locks.release(self.session_id)
 
     def cancel(self):
         super().cancel()
@@ -3691,9 +3696,9 @@ class OllamaRun(Run):
             if obj.get("done"):
                 reason = "tool_calls" if calls else (
                     "length" if obj.get("done_reason") == "length" else "stop")
-                if self.chat.session_id is not None:
+                if self.session_id is not None:
                     reply = Message("assistant", (Text("".join(texts)), *calls))
-                    self.backend.histories.append(self.chat.session_id, self.system,
+                    self.backend.histories.append(self.session_id, self.system,
                                                   self.new_messages + [reply], self.resent)
                 yield Final(reason, int(obj.get("prompt_eval_count") or 0),
                             int(obj.get("eval_count") or 0), 0, 0.0)

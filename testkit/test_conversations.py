@@ -672,3 +672,14 @@ def test_real_cli_continues_and_forks_a_conversation_without_a_header(start, rea
     sent = [m for m in fake_api.requests[-1]["messages"] if m["role"] != "system"]
     assert len(sent) == 3 and "second" not in json.dumps(sent[:2])
     assert rows[2]["cost_usd"] == pytest.approx(rows[0]["cost_usd"])
+
+
+def test_a_recognised_ollama_conversation_keeps_no_history_of_its_own(start, ollama_fake):
+    # Stateless Ollama requests stay stateless: no session limits, nothing kept in memory.
+    br = start(OLLAMA_URL=ollama_fake.url, OLLAMA_SESSION_MAX_KB="1", **CONV)
+    body = {"model": OLLAMA, "messages": [{"role": "system", "content": "s" * 2048},
+                                          {"role": "user", "content": "hi"}]}
+    assert requests.post(br.url + "/v1/chat/completions", json=body,
+                         timeout=30).status_code == 200
+    assert len(br.app.bridge.ollama.histories) == 0
+    assert ok_rows(br)[0]["session_id"] is not None  # still one conversation in the rows
