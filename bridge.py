@@ -1282,20 +1282,18 @@ class _History:
     messages: list = dataclasses.field(default_factory=list)
 
 
-def _digest_chain(seed, messages, legacy=False):
-    """The digests of a history after each of its messages: what a client's resent history
-    must match. Roles, texts (stripped), images, tool call ids and the calls results
-    answer; an assistant's text beside tool calls is left out (clients drop it), and
-    legacy function calls, which have no ids, go by name."""
-    digest, out = hashlib.sha256(seed), []
+def _history_digest(messages, legacy=False, seed=b""):
+    """What a client's resent history must match: roles, texts (stripped), images, tool
+    call ids and the calls results answer; an assistant's text beside tool calls is left
+    out (clients drop it), and legacy function calls, which have no ids, go by name."""
+    digest = hashlib.sha256(seed)
     for m in messages:
         calls = [c.name if legacy else c.id for c in m.tool_calls]
         item = ("system" if m.is_system else m.role, "" if calls else m.text.strip(),
                 [hashlib.sha256(url.encode()).hexdigest() for url in m.images], calls,
                 m.tool_call_id)
         digest.update(_dumps(item).encode("utf-8") + b"\n")
-        out.append(digest.copy().hexdigest())
-    return out
+    return digest.hexdigest()
 
 
 class Conversations:
@@ -1311,16 +1309,19 @@ class Conversations:
         self.store = store
         self.enabled = enabled
 
-    def _chain(self, chat, messages):
-        return _digest_chain(self.store.session_key + chat.owner.encode(), messages)
+    def _digest(self, chat, messages):
+        return _history_digest(messages, seed=self.store.session_key + chat.owner.encode())
 
     def resolve(self, chat):
-        """The request with the session it belongs to, and whether it forks it."""
+        """The request with the session it belongs to, and the digest of its history up to
+        its last reply (which its backend checks against what the session holds)."""
+        if chat.session_id is None and not self.enabled:
+            return chat  # stateless: nothing to match
         answered = max((i + 1 for i, m in enumerate(chat.messages) if m.role == "assistant"),
                        default=0)
-        digest = self._chain(chat, chat.messages[:answered])[-1] if answered else None
+        digest = self._digest(chat, chat.messages[:answered]) if answered else None
         chat = dataclasses.replace(chat, history_digest=digest)
-        if chat.session_id is not None or not self.enabled:
+        if chat.session_id is not None:
             return chat
         found = self.store.find_turn(digest) if digest else None
         if found is not None and found[1] == found[2]:
@@ -1345,7 +1346,7 @@ class Conversations:
             return
         messages = [*chat.messages, reply]
         turn = sum(m.role == "assistant" for m in messages)
-        self.store.put_turn(self._chain(chat, messages)[-1], chat.session_id, turn, provider,
+        self.store.put_turn(self._digest(chat, messages), chat.session_id, turn, provider,
                             point)
 
 
@@ -1917,7 +1918,7 @@ class ClaudeBackend(Backend):
     unsupported = frozenset(("temperature", "top_p", "seed", "presence_penalty",
                              "frequency_penalty", "logprobs", "top_logprobs", "logit_bias"))
 
-    def __init__(self, settings, store, workers):
+    def __init__(self, settings, store, workers, conversations):
         self.settings = settings
         self.store = store
         self.workers = workers
@@ -1936,7 +1937,7 @@ class ClaudeBackend(Backend):
         self._health = Cached(self._probe, 60)
         self.pool = WarmPool(self, settings.claude_warm_pool, settings.claude_warm_keys)
         self.live = LiveSessions(self, settings.claude_session_keepalive)
-        self.conversations = Conversations(store, settings.recognise_conversations)
+        self.conversations = conversations  # whether a resent history is what it holds
         self.held = HeldRuns(self, settings.claude_tool_wait)
         self.brokers = {}  # MCP path token -> the ToolBroker of a running CLI
         self.mcp_url = None  # where CLIs reach the bridge's MCP endpoint, once it listens
@@ -2638,11 +2639,6 @@ def _tool_rules(params):
     if params.get("parallel_tool_calls") is False:
         rules.append("Call at most one tool per message.")
     return " ".join(rules)
-
-
-def _history_digest(messages, legacy=False):
-    """The digest of a whole history (see _digest_chain)."""
-    return _digest_chain(b"", messages, legacy)[-1] if messages else ""
 
 
 def _tool_results(chat, held=None):
@@ -4372,7 +4368,7 @@ class Bridge:
                                 settings.claude_session_days, settings.conversations_max)
         self.conversations = Conversations(self.store, settings.recognise_conversations)
         self.workers = Workers()
-        self.claude = ClaudeBackend(settings, self.store, self.workers)
+        self.claude = ClaudeBackend(settings, self.store, self.workers, self.conversations)
         self.ollama = OllamaBackend(settings, self.workers)
         self.backends = [self.ollama, self.claude]  # Claude last: it takes the rest
         self.metrics = Metrics()
