@@ -24,12 +24,14 @@ import shutil
 import signal
 import socket
 import sqlite3
+import struct
 import subprocess
 import sys
 import threading
 import time
 import typing
 import uuid
+import zlib
 
 import bottle
 import requests
@@ -231,6 +233,9 @@ SETTINGS = (
     Setting("CONVERSATIONS_MAX", "10000", _int_between(1, 10_000_000),
             "Conversations recognised by their history (least recently used forgotten; "
             "each is forgotten after CLAUDE_SESSION_DAYS unused)."),
+    Setting("RESPONSES_MAX", "1000", _int_between(1, 1_000_000),
+            "Responses API responses kept for previous_response_id and GET (oldest "
+            "forgotten; each after CLAUDE_SESSION_DAYS)."),
     Setting("CLAUDE_TOOL_NOTES", "true", _parse_bool,
             "Show each tool Claude Code runs as a line of reasoning_content (`Read app.py`)."),
     Setting("CLAUDE_TOOL_WAIT", "300", _seconds,
@@ -579,10 +584,40 @@ def _migrate_session_tags(db):
     db.execute("CREATE INDEX claude_sessions_updated ON claude_sessions(updated_at)")
 
 
+def _migrate_api(db):
+    """v9: the API a request came in by (chat, responses, messages, completions,
+    embeddings), in the rows and as a key of the rollups; everything before was chat."""
+    db.execute("ALTER TABLE requests ADD COLUMN api TEXT NOT NULL DEFAULT 'chat'")
+    for table, key in (("usage_hourly", "hour"), ("usage_daily", "day")):
+        db.execute(f"ALTER TABLE {table} RENAME TO {table}_v8")
+        db.execute(
+            f"CREATE TABLE {table} ("
+            f" {key} TEXT NOT NULL, model TEXT NOT NULL, provider TEXT NOT NULL,"
+            " api TEXT NOT NULL, requests INTEGER NOT NULL, errors INTEGER NOT NULL,"
+            " prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,"
+            " total_tokens INTEGER NOT NULL, cached_tokens INTEGER NOT NULL,"
+            " cost_usd REAL NOT NULL, duration_ms_sum INTEGER NOT NULL,"
+            f" duration_count INTEGER NOT NULL, PRIMARY KEY ({key}, model, provider, api))"
+            " WITHOUT ROWID")
+        db.execute(f"INSERT INTO {table} SELECT {key}, model, provider, 'chat', requests,"
+                   " errors, prompt_tokens, completion_tokens, total_tokens, cached_tokens,"
+                   f" cost_usd, duration_ms_sum, duration_count FROM {table}_v8")
+        db.execute(f"DROP TABLE {table}_v8")
+
+
+def _migrate_responses(db):
+    """v10: stored Responses API responses (previous_response_id, GET and DELETE): the
+    response as sent, and the history it ends (compressed JSON), per caller."""
+    db.execute("CREATE TABLE responses (id TEXT PRIMARY KEY, owner TEXT NOT NULL,"
+               " created_at TEXT NOT NULL, session_id TEXT, body TEXT NOT NULL,"
+               " history BLOB NOT NULL)")
+    db.execute("CREATE INDEX responses_created ON responses(created_at)")
+
+
 # Ordered: PRAGMA user_version is the number of migrations applied.
 MIGRATIONS = (_migrate_requests, _migrate_claude_sessions, _migrate_hourly_rollup,
               _migrate_daily_rollup, _migrate_x_request_id, _migrate_session_tags,
-              _migrate_via, _migrate_conversations)
+              _migrate_via, _migrate_conversations, _migrate_api, _migrate_responses)
 
 # Where sums come from, coarsest first: (table, key column, characters of `ts` in the key).
 # A time window is cut into whole days, then whole hours, then raw rows at its two edges.
@@ -686,9 +721,11 @@ class UsageStore:
     and reported by /health, and the bridge keeps serving.
     """
 
-    def __init__(self, path, max_sessions=10_000, session_days=30, max_conversations=10_000):
+    def __init__(self, path, max_sessions=10_000, session_days=30, max_conversations=10_000,
+                 max_responses=1000):
         self.path = path
         self.max_conversations = max_conversations
+        self.max_responses = max_responses
         self.lock = threading.Lock()
         self.last_error = None
         self.db = None
@@ -784,20 +821,21 @@ class UsageStore:
         cached, cost = row.get("cached_tokens", 0), row.get("cost_usd", 0.0)
         duration, error = row.get("duration_ms"), row.get("error")
         failed = int(row["outcome"] != "ok")
-        sums = (row["model"], row["provider"], failed, prompt, completion, prompt + completion,
-                cached, cost, duration or 0, int(duration is not None))
+        api = row.get("api") or "chat"
+        sums = (row["model"], row["provider"], api, failed, prompt, completion,
+                prompt + completion, cached, cost, duration or 0, int(duration is not None))
         self._write((
             ("INSERT INTO requests (ts, request_id, model, provider, session_id, stream,"
              " outcome, status, error, prompt_tokens, completion_tokens, total_tokens,"
-             " cached_tokens, cost_usd, duration_ms, ttft_ms, is_error, x_request_id, via)"
-             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+             " cached_tokens, cost_usd, duration_ms, ttft_ms, is_error, x_request_id, via,"
+             " api) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
              (ts, row["request_id"], row["model"], row["provider"], row.get("session_id"),
               int(bool(row.get("stream"))), row["outcome"], row["status"],
               error[:500] if error else None, prompt, completion, prompt + completion,
               cached, cost, duration, row.get("ttft_ms"), failed, row.get("x_request_id"),
-              row.get("via"))),
-            *((f"INSERT INTO {table} VALUES (?,?,?,1,?,?,?,?,?,?,?,?)"
-               f" ON CONFLICT ({key}, model, provider) DO UPDATE SET"
+              row.get("via"), api)),
+            *((f"INSERT INTO {table} VALUES (?,?,?,?,1,?,?,?,?,?,?,?,?)"
+               f" ON CONFLICT ({key}, model, provider, api) DO UPDATE SET"
                " requests = requests + 1, errors = errors + excluded.errors,"
                " prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
                " completion_tokens = completion_tokens + excluded.completion_tokens,"
@@ -809,11 +847,11 @@ class UsageStore:
                (ts[:width], *sums)) for table, key, width in _LEVELS[:-1]),
         ))
 
-    def _sums(self, group, since, until, provider, model, levels=_LEVELS):
+    def _sums(self, group, since, until, provider, model, api, levels=_LEVELS):
         """{group: [sums in _SUMS order]} over [since, until), reading the coarsest sums
         that fit (see _split_window). `group(key column)` is the SQL to group by."""
         where, params = [], []
-        for column, value in (("provider", provider), ("model", model)):
+        for column, value in (("provider", provider), ("model", model), ("api", api)):
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
@@ -837,16 +875,18 @@ class UsageStore:
                     acc[i] += value or 0
         return out
 
-    def summary(self, since=None, until=None, provider=None, model=None):
-        """Totals grouped by model and provider, busiest first."""
+    def summary(self, since=None, until=None, provider=None, model=None, api=None):
+        """Totals grouped by model, provider and API, busiest first."""
         out = []
-        for (name, prov), sums in self._sums(lambda key: "model, provider",
-                                              since, until, provider, model).items():
+        for (name, prov, via_api), sums in self._sums(lambda key: "model, provider, api",
+                                                       since, until, provider, model,
+                                                       api).items():
             item = dict(zip(_SUMS, sums))
             if not item["requests"]:
                 continue
             count, total_ms = item["duration_count"], item["duration_ms_sum"]
-            out.append({"model": name, "provider": prov, "requests": int(item["requests"]),
+            out.append({"model": name, "provider": prov, "api": via_api,
+                        "requests": int(item["requests"]),
                         "errors": int(item["errors"]),
                         "prompt_tokens": int(item["prompt_tokens"]),
                         "completion_tokens": int(item["completion_tokens"]),
@@ -854,19 +894,21 @@ class UsageStore:
                         "avg_duration_ms": round(total_ms / count, 1) if count else 0.0,
                         "cached_tokens": int(item["cached_tokens"]),
                         "cost_usd": round(item["cost_usd"], 7)})
-        out.sort(key=lambda item: (-item["requests"], item["model"] or "", item["provider"]))
+        out.sort(key=lambda item: (-item["requests"], item["model"] or "", item["provider"],
+                                   item["api"]))
         return out
 
     # bucket -> (characters of `ts` that name it, what completes it as ISO 8601)
     BUCKETS = {"minute": (16, ":00Z"), "hour": (13, ":00:00Z"), "day": (10, "T00:00:00Z")}
 
-    def timeseries(self, bucket, since=None, until=None, provider=None, model=None):
+    def timeseries(self, bucket, since=None, until=None, provider=None, model=None,
+                   api=None):
         """Sums per minute, hour or day (only buckets with requests), oldest first."""
         width, suffix = self.BUCKETS[bucket]
         # Only sums at least as fine as the bucket can fill it.
         levels = tuple(level for level in _LEVELS if level.width is None or level.width >= width)
         groups = self._sums(lambda key: f"substr({key}, 1, {width})", since, until,
-                            provider, model, levels)
+                            provider, model, api, levels)
         out = []
         for key in sorted(k for k in groups if k):
             item = dict(zip(_SUMS, groups[key]))
@@ -880,11 +922,15 @@ class UsageStore:
 
     _RECENT = ("id", "ts", "request_id", "x_request_id", "model", "provider", "session_id",
                "stream", "outcome", "status", "error", "prompt_tokens", "completion_tokens",
-               "total_tokens", "cached_tokens", "cost_usd", "duration_ms", "ttft_ms", "via")
+               "total_tokens", "cached_tokens", "cost_usd", "duration_ms", "ttft_ms", "via",
+               "api")
 
-    def recent(self, limit, since=None):
+    def recent(self, limit, since=None, api=None):
         """The latest rows, newest first."""
-        clause, params = ("WHERE ts >= ?", [since]) if since is not None else ("", [])
+        where = [(cond, value) for cond, value in (("ts >= ?", since), ("api = ?", api))
+                 if value is not None]
+        clause = "WHERE " + " AND ".join(cond for cond, _ in where) if where else ""
+        params = [value for _, value in where]
         rows = self._read(f"SELECT {', '.join(self._RECENT)} FROM requests {clause}"
                           " ORDER BY id DESC LIMIT ?", params + [limit])
         out = []
@@ -981,6 +1027,36 @@ class UsageStore:
         self._write((("DELETE FROM claude_sessions WHERE client_id = ?", (session_id,)),
                      ("DELETE FROM conversations WHERE session_id = ?", (session_id,))))
         return bool(known)
+
+    def put_response(self, response_id, owner, session_id, body, history):
+        """Keep a response (its JSON text and the history it ends, as JSON text) for
+        previous_response_id and GET; forget those past CLAUDE_SESSION_DAYS and the oldest
+        past RESPONSES_MAX."""
+        self._write((
+            ("INSERT OR REPLACE INTO responses VALUES (?,?,?,?,?,?)",
+             (response_id, owner, _utc_now_text(), session_id, body,
+              zlib.compress(history.encode("utf-8"), 6))),
+            ("DELETE FROM responses WHERE created_at < ?", (self._session_cutoff(),)),
+            ("DELETE FROM responses WHERE id IN (SELECT id FROM responses ORDER BY"
+             " created_at DESC LIMIT -1 OFFSET ?)", (self.max_responses,))))
+
+    def get_response(self, response_id, owner):
+        """(session id, response JSON text, history JSON text) of a caller's stored
+        response, or None."""
+        rows = self._read("SELECT session_id, body, history FROM responses WHERE id = ? AND"
+                          " owner = ? AND created_at >= ?",
+                          (response_id, owner, self._session_cutoff()))
+        if not rows:
+            return None
+        session_id, body, history = rows[0]
+        return session_id, body, zlib.decompress(history).decode("utf-8")
+
+    def delete_response(self, response_id, owner):
+        """Forget a caller's stored response; False if there was none."""
+        if not self._read("SELECT 1 FROM responses WHERE id = ? AND owner = ?",
+                          (response_id, owner)):
+            return False
+        return self._write((("DELETE FROM responses WHERE id = ?", (response_id,)),))
 
     def claude_session_count(self):
         """Client sessions remembered."""
@@ -1081,6 +1157,8 @@ class ChatRequest:
     owner: str = ""  # who asks: a hash of the caller's key (its conversations are its own)
     history_digest: str = None  # of the history up to its last reply, when it has one
     recognised: bool = False  # its session was recognised from its history, not a header
+    api: str = "chat"  # the dialect it came in by
+    echo: dict = dataclasses.field(default_factory=dict)  # what its dialect's reply repeats
 
     def system(self):
         """The system and developer messages."""
@@ -1145,6 +1223,7 @@ class Final(typing.NamedTuple):
     completion_tokens: int
     cached_tokens: int
     cost_usd: float
+    stop_sequence: str = None  # the stop sequence that ended it, when the backend knows
 
 
 class Failed(typing.NamedTuple):
@@ -1474,6 +1553,13 @@ class Backend:
 
     def forget(self, session_id):
         """Drop what the backend keeps for a session (DELETE /v1/sessions/{id})."""
+
+    def embed(self, request):
+        """Embedded vectors of an EmbeddingRequest, or InvalidRequest if it has none."""
+        raise InvalidRequest(f"{request.model[:80]!r} has no embeddings (a {self.provider} "
+                             "model); use an Ollama embedding model, e.g. "
+                             "'ollama/nomic-embed-text'.", param="model",
+                             code="embeddings_not_supported")
 
     def shutdown(self):
         """End whatever the backend still runs."""
@@ -2708,15 +2794,16 @@ class StopWatch:
     def __init__(self, stops):
         self.stops = stops
         self.held = ""
-        self.hit = False
+        self.hit = None  # the stop sequence met
 
     def feed(self, text):
         """What of the text so far can be sent."""
         text = self.held + text
-        cuts = [i for i in (text.find(stop) for stop in self.stops) if i >= 0]
+        cuts = [(i, stop) for stop in self.stops for i in (text.find(stop),) if i >= 0]
         if cuts:
-            self.hit, self.held = True, ""
-            return text[:min(cuts)]
+            at, self.hit = min(cuts)
+            self.held = ""
+            return text[:at]
         keep = max((k for stop in self.stops for k in range(1, len(stop))
                     if text.endswith(stop[:k])), default=0)
         self.held = text[len(text) - keep:] if keep else ""
@@ -2734,7 +2821,7 @@ class _Reply:
 
     @property
     def stopped(self):
-        return self.watch is not None and self.watch.hit
+        return self.watch is not None and self.watch.hit is not None
 
     def shape(self, event):
         if isinstance(event, (TextDelta, Retract)) and self.structured:
@@ -2990,7 +3077,8 @@ class ClaudeRun(Run):
             self._forget(proc)
             if cut == "length" and not reply.structured:
                 yield from reply.end({})  # text held back as a possible stop sequence
-            yield Final(cut, *parser.tokens_so_far(), 0.0)
+            yield Final(cut, *parser.tokens_so_far(), 0.0,
+                        reply.watch.hit if cut == "stop" else None)
             return None
         if parser.waiting and not self._cancelled.is_set():
             yield parser.end_reply()
@@ -3438,6 +3526,27 @@ def _epoch(stamp):
         return 0
 
 
+def _ollama_status_error(response, model):
+    """The error for an Ollama reply other than 200."""
+    try:
+        text = str(response.json().get("error") or response.text)
+    except (ValueError, AttributeError):
+        text = response.text[:500] or response.reason
+    status = response.status_code
+    if status == 404:
+        return NotFound(f"Ollama: {text} (pull it with `ollama pull {model}`).",
+                        param="model", code="model_not_found")
+    if status == 503:
+        return BackendUnavailable(f"Ollama is busy: {text}", code="backend_busy",
+                                  headers={"Retry-After": "5"})
+    if status == 400:  # the request's fault (options, format, tools): the client's to fix
+        return InvalidRequest(f"Ollama refused the request: {text}")
+    if status == 501:  # (a model that cannot embed)
+        return InvalidRequest(f"Ollama cannot do this with {model!r}: {text}",
+                              param="model", code="model_not_supported")
+    return BackendFailed(f"Ollama answered {status}: {text}")
+
+
 class OllamaBackend(Backend):
     """Models named `ollama/<name>`, through Ollama's native /api/chat."""
 
@@ -3525,15 +3634,47 @@ class OllamaBackend(Backend):
     def matches(self, model):
         return model.startswith("ollama/")
 
-    def open(self, chat):
-        name = chat.model[len("ollama/"):]
+    @staticmethod
+    def _name(model):
+        name = model[len("ollama/"):]
         if not name:
             raise InvalidRequest("Name the Ollama model: 'ollama/<name>', e.g. "
                                  "'ollama/llama3.2'.", param="model")
         if not _OLLAMA_NAME.match(name):
-            raise bad_model(chat.model, "'ollama/' and up to 200 letters, digits and "
-                                        ". _ - : [ ] / @")
+            raise bad_model(model, "'ollama/' and up to 200 letters, digits and "
+                                   ". _ - : [ ] / @")
+        return name
+
+    def open(self, chat):
+        self._name(chat.model)
         return OllamaRun(self, chat)
+
+    def embed(self, request):
+        """Ollama's /api/embed (vectors L2-normalised; `dimensions` keeps the first n)."""
+        body = {"model": self._name(request.model), "input": request.inputs}
+        if request.dimensions is not None:
+            body["dimensions"] = request.dimensions
+        try:
+            response = self.http().post(self.url + "/api/embed", data=_dumps(body).encode(),
+                                        headers=_JSON_HEADERS, timeout=self.timeout)
+        except requests.Timeout as exc:
+            if isinstance(exc, requests.ConnectTimeout):
+                raise self.unreachable(exc) from None
+            raise self.silent() from None
+        except requests.RequestException as exc:
+            raise self.unreachable(exc) from None
+        with response:
+            if response.status_code != 200:
+                raise _ollama_status_error(response, body["model"])
+            try:
+                reply = response.json()
+                vectors = reply["embeddings"]
+                if not isinstance(vectors, list) or len(vectors) != len(request.inputs):
+                    raise ValueError(f"{len(vectors)} vectors for {len(request.inputs)} inputs")
+            except (ValueError, KeyError, TypeError) as exc:
+                raise BackendFailed(f"Ollama's embeddings reply is not usable: {exc}") \
+                    from None
+        return Embedded(vectors, int(reply.get("prompt_eval_count") or 0))
 
     def gauges(self):
         return (("bridge_ollama_up", "1 if Ollama answered its version request.",
@@ -3650,20 +3791,7 @@ class OllamaRun(Run):
             response.close()
 
     def _status_error(self, response):
-        try:
-            text = str(response.json().get("error") or response.text)
-        except (ValueError, AttributeError):
-            text = response.text[:500] or response.reason
-        status = response.status_code
-        if status == 404:
-            return NotFound(f"Ollama: {text} (pull it with `ollama pull "
-                            f"{self.body['model']}`).", param="model", code="model_not_found")
-        if status == 503:
-            return BackendUnavailable(f"Ollama is busy: {text}", code="backend_busy",
-                                      headers={"Retry-After": "5"})
-        if status == 400:  # the request's fault (options, format, tools): the client's to fix
-            return InvalidRequest(f"Ollama refused the request: {text}")
-        return BackendFailed(f"Ollama answered {status}: {text}")
+        return _ollama_status_error(response, self.body["model"])
 
     def _read(self, lines):
         texts, calls = [], []
@@ -3882,7 +4010,7 @@ def _checked_model(model):
     return model
 
 
-def refused_chat(body, environ, default_model):
+def refused_chat(body, environ, default_model, api="chat"):
     """A stand-in ChatRequest for the usage row of a request that failed validation."""
     model = body.get("model")
     try:
@@ -3890,7 +4018,7 @@ def refused_chat(body, environ, default_model):
     except InvalidRequest:
         session_id = None
     return ChatRequest(model[:200] if isinstance(model, str) and model else default_model,
-                       [], stream=body.get("stream") is True, session_id=session_id)
+                       [], stream=body.get("stream") is True, session_id=session_id, api=api)
 
 
 _REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
@@ -4122,11 +4250,62 @@ def completion_body(chat, turn):
             "usage": _usage_object(turn.final)}
 
 
+class Dialect:
+    """One API over the conversation model: its requests in, its replies, stream events
+    and errors out. The HTTP app runs every dialect's requests alike (validation, usage
+    row, backend, limits); a new API is one subclass and its routes."""
+
+    api = None  # its name in usage rows, /metrics and the usage API's filter
+
+    def parse(self, bridge, body, environ):
+        """The body as a ChatRequest, or InvalidRequest."""
+        raise NotImplementedError
+
+    def prepare(self, bridge, chat):
+        """The request once its session is tagged and its caller known."""
+        return chat
+
+    def reply(self, chat, turn):
+        """The JSON reply to a finished turn (an Assembly)."""
+        raise NotImplementedError
+
+    def writer(self, chat):
+        """A stream's writer: start(), piece(event), tick(), end(turn), error(exc), each
+        bytes to send, and `body`, the whole reply once it ended (or None)."""
+        raise NotImplementedError
+
+    def done(self, bridge, chat, turn, body):
+        """A turn ended well and its row is written; `body` is the reply (or None)."""
+
+    @staticmethod
+    def error_body(exc):
+        """An error in this API's shape."""
+        return exc.body()
+
+
+class ChatCompletions(Dialect):
+    """OpenAI's /v1/chat/completions."""
+
+    api = "chat"
+
+    def parse(self, bridge, body, environ):
+        return parse_chat_request(body, environ, bridge.settings.claude_default_model)
+
+    def reply(self, chat, turn):
+        return completion_body(chat, turn)
+
+    def writer(self, chat):
+        return ChunkWriter(chat)
+
+
 class ChunkWriter:
     """SSE chunks of one stream: constant id and created."""
 
+    body = None
+
     def __init__(self, chat):
         self.legacy = bool(chat.params.get("legacy_functions"))
+        self.include_usage = chat.include_usage
         self.head = (f'{{"id":"{chat.request_id}","object":"chat.completion.chunk",'
                      f'"created":{chat.created},"model":{_dumps(chat.model)},'
                      f'"system_fingerprint":null,"choices":')
@@ -4154,6 +4333,19 @@ class ChunkWriter:
         return self.chunk({"tool_calls": [{"index": event.index,
                                            "function": {"arguments": event.arguments}}]})
 
+    def start(self):
+        return self.chunk({"role": "assistant", "content": ""})
+
+    @staticmethod
+    def tick():
+        return b": keep-alive\n\n"
+
+    def end(self, turn):
+        out = self.chunk({}, self.finish_reason(turn.final))
+        if self.include_usage:
+            out += self.usage(turn.final)
+        return out + b"data: [DONE]\n\n"
+
     def finish_reason(self, final):
         """The legacy API's name for a turn that ended in a call."""
         return "function_call" if self.legacy and final.finish_reason == "tool_calls" \
@@ -4167,6 +4359,998 @@ class ChunkWriter:
     def error(exc):
         """An error after the stream began."""
         return f"data: {_dumps(exc.body())}\n\n".encode("utf-8")
+
+
+def _new_id(prefix):
+    return prefix + secrets.token_hex(12)
+
+
+def _model_name(body, default_model, required=False):
+    """The checked model name (the default when absent, unless `required`)."""
+    model = body.get("model")
+    if model is None:
+        if required:
+            raise InvalidRequest("'model' is required.", param="model")
+        model = default_model
+    _expect(model, (str,), "model", "a string")
+    if not model.strip():
+        raise InvalidRequest("'model' must not be empty.", param="model")
+    return _checked_model(model)
+
+
+def _stream_flag(body):
+    stream = body.get("stream")
+    return stream is not None and _expect(stream, (bool,), "stream", "a boolean")
+
+
+def _sse(kind, data):
+    """One named SSE event (the Responses and Messages APIs name theirs)."""
+    return f"event: {kind}\ndata: {_dumps(data)}\n\n".encode("utf-8")
+
+
+_TOOL_TYPE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def _other_tool(k, tool):
+    """How a tool no backend can run is named in X-Bridge-Ignored-Params."""
+    kind = tool.get("type") if isinstance(tool.get("type"), str) else "?"
+    return f"tools[{k}] ({_TOOL_TYPE.sub('', kind)[:40]})"
+
+
+def _message_json(m):
+    """A Message as JSON, to keep (a stored response's history)."""
+    parts = []
+    for p in m.parts:
+        if isinstance(p, Text):
+            parts.append({"text": p.text})
+        elif isinstance(p, Image):
+            parts.append({"image": p.url})
+        elif isinstance(p, ToolCall):
+            parts.append({"call": [p.id, p.name, p.arguments]})
+        else:
+            parts.append({"result": [p.call_id, p.text]})
+    return {"role": m.role, "parts": parts}
+
+
+def _message_from_json(obj):
+    parts = []
+    for p in obj["parts"]:
+        if "text" in p:
+            parts.append(Text(p["text"]))
+        elif "image" in p:
+            parts.append(Image(p["image"]))
+        elif "call" in p:
+            parts.append(ToolCall(*p["call"]))
+        else:
+            parts.append(ToolResult(*p["result"]))
+    return Message(obj["role"], tuple(parts))
+
+
+def _with_message(messages, message):
+    """Append a message; an assistant's parts join the assistant message before it (a
+    Responses input gives a reply's text and each of its calls as items of their own)."""
+    if message.role == "assistant" and messages and messages[-1].role == "assistant":
+        messages[-1] = Message("assistant", messages[-1].parts + message.parts)
+    else:
+        messages.append(message)
+
+
+# --- OpenAI Responses API -----------------------------------------------------------------
+
+def _response_parts(content, param, role):
+    """A Responses message's content as Text and Image parts."""
+    if isinstance(content, str):
+        return (Text(content),)
+    _expect(content, (list,), param, "a string or an array of content parts")
+    parts = []
+    for j, part in enumerate(content):
+        pparam = f"{param}[{j}]"
+        _expect(part, (dict,), pparam, "an object")
+        kind = part.get("type")
+        if kind in ("input_text", "output_text"):
+            parts.append(Text(_expect(part.get("text"), (str,), pparam + ".text", "a string")))
+        elif kind == "refusal":
+            parts.append(Text(_expect(part.get("refusal"), (str,), pparam + ".refusal",
+                                      "a string")))
+        elif kind == "input_image" and role != "assistant":
+            url = part.get("image_url")
+            if url is None:
+                raise InvalidRequest("Send an input_image as 'image_url' (a data: URL or a "
+                                     "link); file ids are not supported.",
+                                     param=pparam + ".image_url")
+            parts.append(Image(_expect(url, (str,), pparam + ".image_url", "a string")))
+        else:
+            raise InvalidRequest(
+                f"Content part type {str(kind)[:40]!r} at '{pparam}' is not supported; use "
+                "input_text, output_text or input_image.", param=pparam + ".type")
+    return tuple(parts)
+
+
+def _response_item(item, param):
+    """One Responses input item as a Message, or None for the model's own reasoning."""
+    _expect(item, (dict,), param, "an object")
+    kind = item.get("type", "message" if "role" in item else None)
+    if kind == "message":
+        role = item.get("role")
+        if role not in ("user", "system", "developer", "assistant"):
+            raise InvalidRequest(f"'{param}.role' must be user, system, developer or "
+                                 "assistant.", param=param + ".role")
+        return Message(role, _response_parts(item.get("content"), param + ".content", role))
+    if kind == "function_call":
+        call_id = _expect(item.get("call_id"), (str,), param + ".call_id", "a string")
+        name = _expect(item.get("name"), (str,), param + ".name", "a string")
+        args = _expect(item.get("arguments", "{}"), (str,), param + ".arguments",
+                       "a JSON string")
+        return Message("assistant", (ToolCall(call_id, name, args),))
+    if kind == "function_call_output":
+        call_id = _expect(item.get("call_id"), (str,), param + ".call_id", "a string")
+        output = item.get("output")
+        parts = _response_parts(output, param + ".output", "tool") if output is not None \
+            else (Text(""),)
+        text = "\n".join(p.text for p in parts if isinstance(p, Text))
+        return Message("tool", (ToolResult(call_id, text),
+                                *(p for p in parts if isinstance(p, Image))))
+    if kind == "reasoning":
+        return None  # the model's own thinking: no backend takes it back
+    if kind == "item_reference":
+        raise InvalidRequest("Item references are not supported; send the items, or "
+                             "continue with previous_response_id.", param=param)
+    raise InvalidRequest(f"Input items of type {str(kind)[:40]!r} are not supported; use "
+                         "message, function_call or function_call_output.",
+                         param=param + ".type")
+
+
+def _response_input(value):
+    if isinstance(value, str):
+        return [Message("user", (Text(value),))]
+    _expect(value, (list,), "input", "a string or an array of input items")
+    messages = []
+    for k, item in enumerate(value):
+        message = _response_item(item, f"input[{k}]")
+        if message is not None:
+            _with_message(messages, message)
+    return messages
+
+
+def _response_tools(body, params, ignored):
+    """Function tools as chat tools (the others, which no backend runs, are named);
+    tool_choice and parallel_tool_calls."""
+    tools = body.get("tools")
+    if tools is not None:
+        _expect(tools, (list,), "tools", "an array")
+        chat_tools = []
+        for k, tool in enumerate(tools):
+            _expect(tool, (dict,), f"tools[{k}]", "an object")
+            if tool.get("type") != "function":
+                ignored.append(_other_tool(k, tool))
+                continue
+            _expect(tool.get("name"), (str,), f"tools[{k}].name", "a string")
+            _check_fields(tool, f"tools[{k}]", {
+                "description": _STR, "parameters": _OBJ, "strict": _OPT_BOOL})
+            chat_tools.append({"type": "function", "function": {
+                key: tool[key] for key in ("name", "description", "parameters", "strict")
+                if tool.get(key) is not None}})
+        if chat_tools:
+            params["tools"] = chat_tools
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict):
+        if choice.get("type") != "function":
+            raise InvalidRequest("tool_choice must be none, auto, required or a function.",
+                                 param="tool_choice.type")
+        name = _expect(choice.get("name"), (str,), "tool_choice.name", "a string")
+        params["tool_choice"] = {"type": "function", "function": {"name": name}}
+    elif choice is not None:
+        params["tool_choice"] = _tool_choice(choice, "tool_choice")
+    if body.get("parallel_tool_calls") is not None:
+        params["parallel_tool_calls"] = _expect(body["parallel_tool_calls"], (bool,),
+                                                "parallel_tool_calls", "a boolean")
+
+
+def _response_format(body, params, ignored):
+    """text.format as the chat response_format."""
+    text = body.get("text")
+    if text is None:
+        return {"format": {"type": "text"}}
+    _expect(text, (dict,), "text", "an object")
+    if text.get("verbosity") is not None:
+        ignored.append("text.verbosity")
+    fmt = text.get("format")
+    if fmt is None:
+        return {"format": {"type": "text"}}
+    _expect(fmt, (dict,), "text.format", "an object")
+    kind = fmt.get("type")
+    if kind == "json_schema":
+        _expect(fmt.get("name"), (str,), "text.format.name", "a string")
+        _expect(fmt.get("schema"), (dict,), "text.format.schema", "an object")
+        _check_fields(fmt, "text.format", {"strict": _OPT_BOOL, "description": _STR})
+        params["response_format"] = {"type": "json_schema", "json_schema": {
+            k: fmt[k] for k in ("name", "schema", "strict", "description") if k in fmt}}
+    elif kind == "json_object":
+        params["response_format"] = {"type": "json_object"}
+    elif kind != "text":
+        raise InvalidRequest("text.format type must be text, json_object or json_schema.",
+                             param="text.format.type")
+    return {"format": fmt}
+
+
+_RESPONSES_REFUSED = {
+    "background": "Background responses are not supported; leave 'background' out.",
+    "conversation": "Conversation objects are not supported; use previous_response_id.",
+    "prompt": "Prompt templates are not supported; send 'input' and 'instructions'.",
+}
+
+
+def _responses_params(body, ignored):
+    """The generation parameters of a Responses request, as the chat names them."""
+    for name, message in _RESPONSES_REFUSED.items():
+        if body.get(name) not in (None, False):
+            raise InvalidRequest(message, param=name)
+    params = {}
+    for name, low, high, integer, as_name in (
+            ("temperature", 0, 2, False, "temperature"), ("top_p", 0, 1, False, "top_p"),
+            ("max_output_tokens", 1, 10_000_000, True, "max_tokens"),
+            ("top_logprobs", 0, 20, True, "top_logprobs")):
+        value = _number(body, name, low, high, integer)
+        if value is not None:
+            params[as_name] = value
+    reasoning = body.get("reasoning")
+    if reasoning is not None:
+        _expect(reasoning, (dict,), "reasoning", "an object")
+        effort = reasoning.get("effort")
+        if effort is not None:
+            if effort not in _REASONING_EFFORTS:
+                raise InvalidRequest("reasoning.effort must be one of "
+                                     + ", ".join(_REASONING_EFFORTS) + ".",
+                                     param="reasoning.effort")
+            params["reasoning_effort"] = effort
+    if body.get("max_tool_calls") is not None:
+        ignored.append("max_tool_calls")
+    _response_tools(body, params, ignored)
+    return params
+
+
+class Responses(Dialect):
+    """OpenAI's /v1/responses: stored responses continue by previous_response_id."""
+
+    api = "responses"
+
+    def parse(self, bridge, body, environ):
+        model = _model_name(body, bridge.settings.claude_default_model)
+        if body.get("input") is None:
+            raise InvalidRequest("'input' is required.", param="input")
+        messages = _response_input(body["input"])
+        instructions = body.get("instructions")
+        if instructions is not None:
+            _expect(instructions, (str,), "instructions", "a string")
+        if instructions:
+            messages.insert(0, Message("system", (Text(instructions),)))
+        ignored = []
+        params = _responses_params(body, ignored)
+        text = _response_format(body, params, ignored)
+        store = body.get("store")
+        previous = body.get("previous_response_id")
+        if previous is not None:
+            _expect(previous, (str,), "previous_response_id", "a string")
+        metadata = body.get("metadata")
+        if metadata is not None:
+            _expect(metadata, (dict,), "metadata", "an object")
+        if not messages and previous is None:
+            raise InvalidRequest("'input' must have at least one item.", param="input")
+        echo = {"instructions": instructions or None, "previous_response_id": previous,
+                "store": store is None or _expect(store, (bool,), "store", "a boolean"),
+                "metadata": metadata or {}, "text": text, "ignored": ignored,
+                "tools": [t for t in body.get("tools") or () if t.get("type") == "function"],
+                "tool_choice": body.get("tool_choice") or "auto",
+                "parallel_tool_calls": params.get("parallel_tool_calls", True),
+                "reasoning": {"effort": params.get("reasoning_effort"), "summary": None},
+                "max_output_tokens": params.get("max_tokens"),
+                "temperature": params.get("temperature"), "top_p": params.get("top_p")}
+        return ChatRequest(model, messages, stream=_stream_flag(body), include_usage=True,
+                           params=params, session_id=_session_id(environ),
+                           request_id=_new_id("resp_"), api=self.api, echo=echo,
+                           client_gone=environ.get("waitress.client_disconnected") or _never)
+
+    def prepare(self, bridge, chat):
+        """A continued response gets its predecessor's history and session."""
+        previous = chat.echo["previous_response_id"]
+        if previous is None:
+            if chat.session_id is None and chat.echo["store"] and \
+                    not bridge.conversations.enabled:
+                # Its successor continues the same session.
+                chat = dataclasses.replace(chat, session_id="c" + secrets.token_hex(8),
+                                           recognised=True)
+            return chat
+        found = bridge.store.get_response(previous, chat.owner)
+        if found is None:
+            raise InvalidRequest(f"Previous response with id {previous[:80]!r} not found.",
+                                 param="previous_response_id",
+                                 code="previous_response_not_found")
+        session_id, _, history = found
+        head = 1 if chat.echo["instructions"] else 0
+        earlier = [_message_from_json(m) for m in json.loads(history)]
+        messages = [*chat.messages[:head], *earlier, *chat.messages[head:]]
+        if chat.session_id is None and session_id is not None:
+            chat = dataclasses.replace(chat, session_id=session_id, recognised=True)
+        return dataclasses.replace(chat, messages=messages)
+
+    def done(self, bridge, chat, turn, body):
+        if not chat.echo["store"] or body is None:
+            return
+        head = 1 if chat.echo["instructions"] else 0
+        history = [*chat.messages[head:], turn.message()]
+        bridge.store.put_response(chat.request_id, chat.owner, chat.session_id,
+                                  _dumps(body), _dumps([_message_json(m) for m in history]))
+
+    @staticmethod
+    def response(chat, output, status, usage=None, error=None):
+        """The response object."""
+        echo = chat.echo
+        return {
+            "id": chat.request_id, "object": "response", "created_at": chat.created,
+            "status": status, "background": False, "error": error,
+            "incomplete_details": {"reason": "max_output_tokens"}
+            if status == "incomplete" else None,
+            "instructions": echo["instructions"], "max_output_tokens": echo["max_output_tokens"],
+            "model": chat.model, "output": output,
+            "parallel_tool_calls": echo["parallel_tool_calls"],
+            "previous_response_id": echo["previous_response_id"], "reasoning": echo["reasoning"],
+            "store": echo["store"], "temperature": echo["temperature"], "text": echo["text"],
+            "tool_choice": echo["tool_choice"], "tools": echo["tools"], "top_p": echo["top_p"],
+            "truncation": "disabled", "usage": usage, "user": None, "metadata": echo["metadata"]}
+
+    @staticmethod
+    def usage(final):
+        return {"input_tokens": final.prompt_tokens,
+                "input_tokens_details": {"cached_tokens": final.cached_tokens,
+                                         "cache_write_tokens": 0},
+                "output_tokens": final.completion_tokens,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": final.prompt_tokens + final.completion_tokens}
+
+    def reply(self, chat, turn):
+        status = "incomplete" if turn.final.finish_reason == "length" else "completed"
+        output = []
+        if turn.reasoning:
+            output.append({"id": _new_id("rs_"), "type": "reasoning", "summary": [
+                {"type": "summary_text", "text": "".join(turn.reasoning)}]})
+        text, calls = turn.text(), turn.tool_calls()
+        if text or not calls:
+            output.append(_output_message(_new_id("msg_"), text, status))
+        output.extend(_output_call(_new_id("fc_"), call) for call in calls)
+        return self.response(chat, output, status, self.usage(turn.final))
+
+    def writer(self, chat):
+        return ResponseEvents(self, chat)
+
+
+def _output_message(item_id, text, status="completed"):
+    return {"id": item_id, "type": "message", "status": status, "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": [],
+                         "logprobs": []}]}
+
+
+def _output_call(item_id, call, status="completed"):
+    return {"id": item_id, "type": "function_call", "status": status, "call_id": call.id,
+            "name": call.name, "arguments": call.arguments}
+
+
+class _OpenItem:
+    """An output item being streamed."""
+
+    def __init__(self, kind, index, item_id, call=None):
+        self.kind, self.index, self.id, self.call = kind, index, item_id, call
+        self.pieces = []
+
+
+class ResponseEvents:
+    """A Responses stream: typed events, numbered; one output item open at a time."""
+
+    def __init__(self, dialect, chat):
+        self.dialect = dialect
+        self.chat = chat
+        self.seq = 0
+        self.output = []  # finished items, and None where one is open
+        self.open = None
+        self.calls = {}  # a call's index in the turn -> its _OpenItem
+        self.body = None
+
+    def _event(self, kind, **fields):
+        data = {"type": kind, "sequence_number": self.seq, **fields}
+        self.seq += 1
+        return _sse(kind, data)
+
+    def start(self):
+        response = self.dialect.response(self.chat, [], "in_progress")
+        return (self._event("response.created", response=response)
+                + self._event("response.in_progress", response=response))
+
+    @staticmethod
+    def tick():
+        return b": keep-alive\n\n"
+
+    def _begin(self, kind, item, call=None):
+        out = self._close()
+        self.open = _OpenItem(kind, len(self.output), item["id"], call)
+        self.output.append(None)
+        out += self._event("response.output_item.added", output_index=self.open.index,
+                           item=item)
+        if kind == "message":
+            out += self._event("response.content_part.added", item_id=self.open.id,
+                               output_index=self.open.index, content_index=0,
+                               part={"type": "output_text", "text": "", "annotations": []})
+        elif kind == "reasoning":
+            out += self._event("response.reasoning_summary_part.added", item_id=self.open.id,
+                               output_index=self.open.index, summary_index=0,
+                               part={"type": "summary_text", "text": ""})
+        return out
+
+    def piece(self, event):
+        if isinstance(event, TextDelta):
+            out = b"" if self.open and self.open.kind == "message" else self._begin(
+                "message", {"id": _new_id("msg_"), "type": "message",
+                                    "status": "in_progress", "role": "assistant",
+                                    "content": []})
+            self.open.pieces.append(event.text)
+            return out + self._event("response.output_text.delta", item_id=self.open.id,
+                                     output_index=self.open.index, content_index=0,
+                                     delta=event.text, logprobs=[])
+        if isinstance(event, ReasoningDelta):
+            out = b"" if self.open and self.open.kind == "reasoning" else self._begin(
+                "reasoning", {"id": _new_id("rs_"), "type": "reasoning", "summary": []})
+            self.open.pieces.append(event.text)
+            return out + self._event("response.reasoning_summary_text.delta",
+                                     item_id=self.open.id, output_index=self.open.index,
+                                     summary_index=0, delta=event.text)
+        if isinstance(event, ToolCallStart):
+            call = ToolCall(event.id, event.name, "")
+            out = self._begin("call", _output_call(_new_id("fc_"), call, "in_progress"),
+                              call)
+            self.calls[event.index] = self.open
+            return out + (self._arguments(self.open, event.arguments) if event.arguments
+                          else b"")
+        return self._arguments(self.calls[event.index], event.arguments)
+
+    def _arguments(self, item, piece):
+        item.pieces.append(piece)
+        return self._event("response.function_call_arguments.delta", item_id=item.id,
+                           output_index=item.index, delta=piece)
+
+    def _close(self):
+        item, self.open = self.open, None
+        if item is None:
+            return b""
+        text = "".join(item.pieces)
+        where = {"item_id": item.id, "output_index": item.index}
+        if item.kind == "message":
+            part = {"type": "output_text", "text": text, "annotations": []}
+            out = (self._event("response.output_text.done", **where, content_index=0,
+                               text=text, logprobs=[])
+                   + self._event("response.content_part.done", **where, content_index=0,
+                                 part=part))
+            done = _output_message(item.id, text)
+        elif item.kind == "reasoning":
+            part = {"type": "summary_text", "text": text}
+            out = (self._event("response.reasoning_summary_text.done", **where,
+                               summary_index=0, text=text)
+                   + self._event("response.reasoning_summary_part.done", **where,
+                                 summary_index=0, part=part))
+            done = {"id": item.id, "type": "reasoning", "summary": [part]}
+        else:
+            out = self._event("response.function_call_arguments.done", **where,
+                              name=item.call.name, arguments=text)
+            done = _output_call(item.id, dataclasses.replace(item.call, arguments=text))
+        self.output[item.index] = done
+        return out + self._event("response.output_item.done", output_index=item.index,
+                                 item=done)
+
+    def end(self, turn):
+        out = b"" if self.output or self.open else self.piece(TextDelta(""))
+        out += self._close()
+        status = "incomplete" if turn.final.finish_reason == "length" else "completed"
+        self.body = self.dialect.response(self.chat, self.output, status,
+                                          self.dialect.usage(turn.final))
+        return out + self._event(f"response.{status}", response=self.body)
+
+    def error(self, exc):
+        output = [item for item in self.output if item is not None]
+        failed = self.dialect.response(self.chat, output, "failed", error={
+            "code": exc.code or exc.type, "message": exc.message})
+        return self._event("response.failed", response=failed)
+
+
+# --- Anthropic Messages API -----------------------------------------------------------------
+
+_ANTHROPIC_ERRORS = {400: "invalid_request_error", 401: "authentication_error",
+                     403: "permission_error", 404: "not_found_error",
+                     413: "request_too_large", 429: "rate_limit_error",
+                     503: "overloaded_error", 529: "overloaded_error"}
+# Anthropic's stop reasons for the bridge's finish reasons.
+_STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
+# thinking.budget_tokens -> the effort it asks for, at most.
+_BUDGET_EFFORTS = ((2048, "low"), (8192, "medium"), (32768, "high"))
+
+
+def _anthropic_image(source, param):
+    _expect(source, (dict,), param, "an object")
+    kind = source.get("type")
+    if kind == "base64":
+        media = _expect(source.get("media_type"), (str,), param + ".media_type", "a string")
+        data = _expect(source.get("data"), (str,), param + ".data", "a string")
+        return f"data:{media};base64,{data}"
+    if kind == "url":
+        return _expect(source.get("url"), (str,), param + ".url", "a string")
+    raise InvalidRequest("An image source must be of type base64 or url.", param=param + ".type")
+
+
+def _anthropic_result(block, param):
+    """A tool_result block as a tool message."""
+    call_id = _expect(block.get("tool_use_id"), (str,), param + ".tool_use_id", "a string")
+    content = block.get("content", "")
+    texts, images = [], []
+    if isinstance(content, str):
+        texts.append(content)
+    else:
+        _expect(content, (list,), param + ".content", "a string or an array of blocks")
+        for j, part in enumerate(content):
+            pparam = f"{param}.content[{j}]"
+            _expect(part, (dict,), pparam, "an object")
+            if part.get("type") == "text":
+                texts.append(_expect(part.get("text"), (str,), pparam + ".text", "a string"))
+            elif part.get("type") == "image":
+                images.append(Image(_anthropic_image(part.get("source"), pparam + ".source")))
+            else:
+                raise InvalidRequest("A tool_result's content blocks must be text or image.",
+                                     param=pparam + ".type")
+    text = "\n".join(texts)
+    if block.get("is_error") is True:
+        text = "Error: " + text  # the backends take a result's text only
+    return Message("tool", (ToolResult(call_id, text), *images))
+
+
+def _anthropic_block(block, param, role):
+    """A content block as a part, a tool message (a result), or None (thinking)."""
+    _expect(block, (dict,), param, "an object")
+    kind = block.get("type")
+    if kind == "text":
+        return Text(_expect(block.get("text"), (str,), param + ".text", "a string"))
+    if kind == "image" and role == "user":
+        return Image(_anthropic_image(block.get("source"), param + ".source"))
+    if kind == "tool_use" and role == "assistant":
+        call_id = _expect(block.get("id"), (str,), param + ".id", "a string")
+        name = _expect(block.get("name"), (str,), param + ".name", "a string")
+        return ToolCall(call_id, name, _dumps(_expect(block.get("input", {}), (dict,),
+                                                     param + ".input", "an object")))
+    if kind == "tool_result" and role == "user":
+        return _anthropic_result(block, param)
+    if kind in ("thinking", "redacted_thinking") and role == "assistant":
+        return None  # the model's own: no backend takes it back
+    raise InvalidRequest(f"Content block type {str(kind)[:40]!r} is not supported in a "
+                         f"{role} message.", param=param + ".type")
+
+
+def _anthropic_messages(messages):
+    _expect(messages, (list,), "messages", "an array")
+    if not messages:
+        raise InvalidRequest("'messages' must contain at least one message.", param="messages")
+    out = []
+    for i, msg in enumerate(messages):
+        param = f"messages[{i}]"
+        _expect(msg, (dict,), param, "an object")
+        role = msg.get("role")
+        if role not in ("user", "assistant"):
+            raise InvalidRequest(f"'{param}.role' must be user or assistant.",
+                                 param=param + ".role")
+        content = msg.get("content")
+        if isinstance(content, str):
+            content = [{"type": "text", "text": content}]
+        _expect(content, (list,), param + ".content", "a string or an array of blocks")
+        parts, results = [], []
+        for j, block in enumerate(content):
+            part = _anthropic_block(block, f"{param}.content[{j}]", role)
+            if isinstance(part, Message):
+                results.append(part)
+            elif part is not None:
+                parts.append(part)
+        out.extend(results)  # results answer the reply before: they come first
+        if parts or not results:
+            _with_message(out, Message(role, tuple(parts)))
+    return out
+
+
+def _anthropic_system(system):
+    if system is None:
+        return []
+    if isinstance(system, str):
+        return [Message("system", (Text(system),))] if system else []
+    _expect(system, (list,), "system", "a string or an array of text blocks")
+    texts = []
+    for k, block in enumerate(system):
+        _expect(block, (dict,), f"system[{k}]", "an object")
+        if block.get("type") != "text":
+            raise InvalidRequest("System blocks must be of type text.", param=f"system[{k}].type")
+        texts.append(_expect(block.get("text"), (str,), f"system[{k}].text", "a string"))
+    return [Message("system", (Text("\n\n".join(texts)),))] if any(texts) else []
+
+
+def _anthropic_tools(body, params, ignored):
+    tools = body.get("tools")
+    if tools is not None:
+        _expect(tools, (list,), "tools", "an array")
+        chat_tools = []
+        for k, tool in enumerate(tools):
+            _expect(tool, (dict,), f"tools[{k}]", "an object")
+            if tool.get("type") not in (None, "custom"):
+                ignored.append(_other_tool(k, tool))  # a server tool: no backend has it
+                continue
+            name = _expect(tool.get("name"), (str,), f"tools[{k}].name", "a string")
+            _check_fields(tool, f"tools[{k}]", {"description": _STR, "input_schema": _OBJ})
+            fn = {"name": name, "parameters": tool.get("input_schema") or {"type": "object"}}
+            if tool.get("description"):
+                fn["description"] = tool["description"]
+            chat_tools.append({"type": "function", "function": fn})
+        if chat_tools:
+            params["tools"] = chat_tools
+    choice = body.get("tool_choice")
+    if choice is not None:
+        _expect(choice, (dict,), "tool_choice", "an object")
+        kind = choice.get("type")
+        if kind == "tool":
+            name = _expect(choice.get("name"), (str,), "tool_choice.name", "a string")
+            params["tool_choice"] = {"type": "function", "function": {"name": name}}
+        elif kind in ("auto", "any", "none"):
+            params["tool_choice"] = {"any": "required"}.get(kind, kind)
+        else:
+            raise InvalidRequest("tool_choice type must be auto, any, tool or none.",
+                                 param="tool_choice.type")
+        if choice.get("disable_parallel_tool_use") is True:
+            params["parallel_tool_calls"] = False
+
+
+def _anthropic_thinking(thinking, params):
+    _expect(thinking, (dict,), "thinking", "an object")
+    kind = thinking.get("type")
+    if kind == "enabled":
+        budget = _number(thinking, "budget_tokens", 1, 10_000_000, integer=True)
+        if budget is None:
+            raise InvalidRequest("thinking.budget_tokens is required.",
+                                 param="thinking.budget_tokens")
+        params["reasoning_effort"] = next(
+            (effort for most, effort in _BUDGET_EFFORTS if budget <= most), "xhigh")
+    elif kind == "adaptive":
+        params["reasoning_effort"] = "medium"
+    elif kind == "disabled":
+        params["reasoning_effort"] = "none"
+    else:
+        raise InvalidRequest("thinking.type must be enabled, adaptive or disabled.",
+                             param="thinking.type")
+
+
+def _anthropic_params(body, ignored):
+    params = {}
+    max_tokens = _number(body, "max_tokens", 1, 10_000_000, integer=True)
+    if max_tokens is None:
+        raise InvalidRequest("'max_tokens' is required.", param="max_tokens")
+    params["max_tokens"] = max_tokens
+    for name, high in (("temperature", 1), ("top_p", 1)):
+        value = _number(body, name, 0, high)
+        if value is not None:
+            params[name] = value
+    top_k = _number(body, "top_k", 0, 1_000_000, integer=True)
+    if top_k is not None:
+        params["top_k"] = top_k
+    stops = body.get("stop_sequences")
+    if stops is not None:
+        _expect(stops, (list,), "stop_sequences", "an array of strings")
+        for k, text in enumerate(stops):
+            if not _expect(text, (str,), f"stop_sequences[{k}]", "a string"):
+                raise InvalidRequest("A stop sequence must not be empty.",
+                                     param=f"stop_sequences[{k}]")
+        if stops:
+            params["stop"] = stops
+    if body.get("thinking") is not None:
+        _anthropic_thinking(body["thinking"], params)
+    _anthropic_tools(body, params, ignored)
+    if body.get("metadata") is not None:
+        _expect(body["metadata"], (dict,), "metadata", "an object")
+    if body.get("mcp_servers"):
+        raise InvalidRequest("MCP servers in the request are not supported.",
+                             param="mcp_servers")
+    return params
+
+
+class AnthropicMessages(Dialect):
+    """Anthropic's /v1/messages."""
+
+    api = "messages"
+
+    def parse(self, bridge, body, environ):
+        model = _model_name(body, None, required=True)
+        messages = _anthropic_system(body.get("system"))
+        messages += _anthropic_messages(body.get("messages"))
+        ignored = []
+        params = _anthropic_params(body, ignored)
+        return ChatRequest(model, messages, stream=_stream_flag(body), params=params,
+                           session_id=_session_id(environ), request_id=_new_id("msg_"),
+                           api=self.api, echo={"ignored": ignored},
+                           client_gone=environ.get("waitress.client_disconnected") or _never)
+
+    @staticmethod
+    def error_body(exc):
+        return {"type": "error", "error": {
+            "type": _ANTHROPIC_ERRORS.get(exc.status, "invalid_request_error"
+                                          if exc.status < 500 else "api_error"),
+            "message": exc.message}}
+
+    @staticmethod
+    def stop(final):
+        """stop_reason and stop_sequence."""
+        if final.stop_sequence is not None:
+            return "stop_sequence", final.stop_sequence
+        return _STOP_REASONS.get(final.finish_reason, "end_turn"), None
+
+    @staticmethod
+    def usage(final):
+        return {"input_tokens": max(0, final.prompt_tokens - final.cached_tokens),
+                "output_tokens": final.completion_tokens,
+                "cache_read_input_tokens": final.cached_tokens,
+                "cache_creation_input_tokens": 0}
+
+    def reply(self, chat, turn):
+        content = []
+        if turn.reasoning:
+            content.append({"type": "thinking", "thinking": "".join(turn.reasoning),
+                            "signature": ""})
+        if turn.text():
+            content.append({"type": "text", "text": turn.text()})
+        content.extend({"type": "tool_use", "id": c.id, "name": c.name,
+                        "input": _call_input(c.arguments)} for c in turn.tool_calls())
+        reason, sequence = self.stop(turn.final)
+        return {"id": chat.request_id, "type": "message", "role": "assistant",
+                "model": chat.model, "content": content, "stop_reason": reason,
+                "stop_sequence": sequence, "usage": self.usage(turn.final)}
+
+    def writer(self, chat):
+        return MessageEvents(self, chat)
+
+
+def _call_input(arguments):
+    """A call's JSON arguments as the object Anthropic's tool_use carries."""
+    try:
+        value = json.loads(arguments or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+class MessageEvents:
+    """An Anthropic Messages stream: one content block open at a time."""
+
+    body = None
+
+    def __init__(self, dialect, chat):
+        self.dialect = dialect
+        self.chat = chat
+        self.index = -1
+        self.open = None  # "text", "thinking" or a call's index
+        self.blocks = {}  # a call's index -> its block's index
+
+    def start(self):
+        message = {"id": self.chat.request_id, "type": "message", "role": "assistant",
+                   "model": self.chat.model, "content": [], "stop_reason": None,
+                   "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0}}
+        return (_sse("message_start", {"type": "message_start", "message": message})
+                + self.tick())
+
+    @staticmethod
+    def tick():
+        return _sse("ping", {"type": "ping"})
+
+    def _begin(self, kind, block):
+        out = self._stop()
+        self.index += 1
+        self.open = kind
+        return out + _sse("content_block_start", {"type": "content_block_start",
+                                                  "index": self.index, "content_block": block})
+
+    def _stop(self):
+        if self.open is None:
+            return b""
+        self.open = None
+        return _sse("content_block_stop", {"type": "content_block_stop", "index": self.index})
+
+    def _delta(self, index, delta):
+        return _sse("content_block_delta", {"type": "content_block_delta", "index": index,
+                                            "delta": delta})
+
+    def piece(self, event):
+        if isinstance(event, TextDelta):
+            out = b"" if self.open == "text" else self._begin("text", {"type": "text",
+                                                                       "text": ""})
+            return out + self._delta(self.index, {"type": "text_delta", "text": event.text})
+        if isinstance(event, ReasoningDelta):
+            out = b"" if self.open == "thinking" else self._begin(
+                "thinking", {"type": "thinking", "thinking": "", "signature": ""})
+            return out + self._delta(self.index, {"type": "thinking_delta",
+                                                  "thinking": event.text})
+        if isinstance(event, ToolCallStart):
+            out = self._begin(event.index, {"type": "tool_use", "id": event.id,
+                                            "name": event.name, "input": {}})
+            self.blocks[event.index] = self.index
+        else:
+            out = b""
+        if not event.arguments:
+            return out
+        return out + self._delta(self.blocks[event.index], {"type": "input_json_delta",
+                                                            "partial_json": event.arguments})
+
+    def end(self, turn):
+        reason, sequence = self.dialect.stop(turn.final)
+        return (self._stop()
+                + _sse("message_delta", {"type": "message_delta",
+                                         "delta": {"stop_reason": reason,
+                                                   "stop_sequence": sequence},
+                                         "usage": self.dialect.usage(turn.final)})
+                + _sse("message_stop", {"type": "message_stop"}))
+
+    def error(self, exc):
+        return _sse("error", self.dialect.error_body(exc))
+
+
+def count_tokens_estimate(chat, body):
+    """Input tokens of a Messages request, estimated: no backend counts them without
+    running the model (about 4 characters a token; an image counts 1,600)."""
+    chars = sum(len(p.text) if isinstance(p, (Text, ToolResult)) else
+                len(p.name) + len(p.arguments) if isinstance(p, ToolCall) else 6400
+                for m in chat.messages for p in m.parts)
+    chars += len(_dumps(chat.params.get("tools") or []))
+    return max(1, (chars + 3) // 4)
+
+
+# --- OpenAI legacy completions ---------------------------------------------------------------
+
+class Completions(Dialect):
+    """OpenAI's legacy /v1/completions: the prompt goes to the model as a user message."""
+
+    api = "completions"
+
+    def parse(self, bridge, body, environ):
+        model = _model_name(body, bridge.settings.claude_default_model)
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if prompt is None:
+            raise InvalidRequest("'prompt' is required.", param="prompt")
+        if isinstance(prompt, list):
+            raise InvalidRequest("'prompt' must be one string (or a list of one): several "
+                                 "prompts or token arrays are not supported.", param="prompt")
+        _expect(prompt, (str,), "prompt", "a string")
+        if not prompt:
+            raise InvalidRequest("'prompt' must not be empty.", param="prompt")
+        if body.get("suffix"):
+            raise InvalidRequest("'suffix' (insertion) is not supported.", param="suffix")
+        best_of = _number(body, "best_of", 1, 20, integer=True)
+        if best_of is not None and best_of > 1:
+            raise InvalidRequest("Only best_of=1 is supported.", param="best_of")
+        echo = body.get("echo")
+        echo = echo is not None and _expect(echo, (bool,), "echo", "a boolean")
+        logprobs = _number(body, "logprobs", 0, 5, integer=True)
+        params = _sampling_params({k: v for k, v in body.items() if k != "logprobs"})
+        if logprobs is not None:
+            params["logprobs"] = True
+        options = body.get("stream_options")
+        include_usage = False
+        if options is not None:
+            _expect(options, (dict,), "stream_options", "an object")
+            include_usage = options.get("include_usage") is True
+        return ChatRequest(model, [Message("user", (Text(prompt),))],
+                           stream=_stream_flag(body), include_usage=include_usage,
+                           params=params, session_id=_session_id(environ),
+                           request_id=_new_id("cmpl-"), api=self.api,
+                           echo={"prompt": prompt if echo else ""},
+                           client_gone=environ.get("waitress.client_disconnected") or _never)
+
+    @staticmethod
+    def finish(final):
+        return "length" if final.finish_reason == "length" else "stop"
+
+    def reply(self, chat, turn):
+        return {"id": chat.request_id, "object": "text_completion", "created": chat.created,
+                "model": chat.model, "system_fingerprint": None,
+                "choices": [{"text": chat.echo["prompt"] + turn.text(), "index": 0,
+                             "logprobs": None, "finish_reason": self.finish(turn.final)}],
+                "usage": _usage_object(turn.final)}
+
+    def writer(self, chat):
+        return CompletionChunks(self, chat)
+
+
+class CompletionChunks:
+    """A legacy completions stream."""
+
+    body = None
+
+    def __init__(self, dialect, chat):
+        self.dialect = dialect
+        self.chat = chat
+        self.head = {"id": chat.request_id, "object": "text_completion",
+                     "created": chat.created, "model": chat.model, "system_fingerprint": None}
+
+    def chunk(self, text, finish=None):
+        choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
+        return f"data: {_dumps({**self.head, 'choices': [choice]})}\n\n".encode("utf-8")
+
+    def start(self):
+        return self.chunk(self.chat.echo["prompt"]) if self.chat.echo["prompt"] else b""
+
+    tick = staticmethod(ChunkWriter.tick)
+    error = staticmethod(ChunkWriter.error)
+
+    def piece(self, event):
+        return self.chunk(event.text) if isinstance(event, TextDelta) else b""
+
+    def end(self, turn):
+        out = self.chunk("", self.dialect.finish(turn.final))
+        if self.chat.include_usage:
+            usage = {**self.head, "choices": [], "usage": _usage_object(turn.final)}
+            out += f"data: {_dumps(usage)}\n\n".encode("utf-8")
+        return out + b"data: [DONE]\n\n"
+
+
+# --- OpenAI embeddings -------------------------------------------------------------------------
+
+class EmbeddingRequest(typing.NamedTuple):
+    model: str
+    inputs: list  # of str
+    dimensions: int = None
+
+
+class Embedded(typing.NamedTuple):
+    vectors: list  # of lists of floats, one per input
+    prompt_tokens: int
+
+
+_EMBED_INPUTS_MAX = 2048
+
+
+def parse_embedding_request(body, default_model):
+    model = _model_name(body, default_model)
+    inputs = body.get("input")
+    if inputs is None:
+        raise InvalidRequest("'input' is required.", param="input")
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    _expect(inputs, (list,), "input", "a string or an array of strings")
+    if not inputs:
+        raise InvalidRequest("'input' must not be empty.", param="input")
+    if len(inputs) > _EMBED_INPUTS_MAX:
+        raise InvalidRequest(f"'input' takes at most {_EMBED_INPUTS_MAX} items.", param="input")
+    for k, text in enumerate(inputs):
+        if not isinstance(text, str):
+            raise InvalidRequest(
+                "Token arrays are not supported (Ollama embeds text only): send strings. "
+                "LangChain's OpenAIEmbeddings sends tokens unless check_embedding_ctx_length"
+                "=False.", param=f"input[{k}]", code="token_input_not_supported")
+        if not text:
+            raise InvalidRequest("An input must not be empty.", param=f"input[{k}]")
+    fmt = body.get("encoding_format")
+    if fmt not in (None, "float", "base64"):
+        raise InvalidRequest("encoding_format must be float or base64.",
+                             param="encoding_format")
+    if body.get("user") is not None:
+        _expect(body["user"], (str,), "user", "a string")
+    return EmbeddingRequest(model, inputs, _number(body, "dimensions", 1, 65536, integer=True))
+
+
+def embedding_body(request, embedded, base64_out):
+    def encoded(vector):
+        if not base64_out:
+            return vector
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+    return {"object": "list", "model": request.model,
+            "data": [{"object": "embedding", "index": i, "embedding": encoded(v)}
+                     for i, v in enumerate(embedded.vectors)],
+            "usage": {"prompt_tokens": embedded.prompt_tokens,
+                      "total_tokens": embedded.prompt_tokens}}
 
 
 # ----------------------------------------------------------------------------------------
@@ -4194,8 +5378,16 @@ def _json_response(obj, status=200, headers=None):
     return response
 
 
-def _error_response(exc):
-    return _json_response(exc.body(), exc.status, exc.headers)
+def _error_body(exc, path):
+    """The error in the shape of the API the path belongs to."""
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        return AnthropicMessages.error_body(exc)
+    return exc.body()
+
+
+def _error_response(exc, path=None):
+    body = _error_body(exc, bottle.request.path if path is None else path)
+    return _json_response(body, exc.status, exc.headers)
 
 
 def _answer_errors(callback):
@@ -4224,7 +5416,7 @@ class Metrics:
     def __init__(self):
         self.lock = threading.Lock()
         self.in_flight = 0
-        self.requests = collections.Counter()  # (model, provider, outcome) -> n
+        self.requests = collections.Counter()  # (model, provider, api, outcome) -> n
         self.tokens = collections.Counter()  # (model, provider, kind) -> n
         self.cost = collections.Counter()  # (model, provider) -> USD
         self.models = set()
@@ -4246,7 +5438,7 @@ class Metrics:
                     model = "other"
                 else:
                     self.models.add(model)
-            self.requests[(model, provider, row["outcome"])] += 1
+            self.requests[(model, provider, row.get("api") or "chat", row["outcome"])] += 1
             for kind in ("prompt", "completion", "cached"):
                 self.tokens[(model, provider, kind)] += row.get(f"{kind}_tokens", 0)
             self.cost[(model, provider)] += row.get("cost_usd", 0.0)
@@ -4271,10 +5463,10 @@ class Metrics:
 
         with self.lock:
             family("bridge_requests_total", "counter",
-                   "Chat completion requests by model, provider and outcome.")
-            for (model, provider, outcome), n in sorted(self.requests.items()):
+                   "Model requests by model, provider, API and outcome.")
+            for (model, provider, api, outcome), n in sorted(self.requests.items()):
                 out.append(f'bridge_requests_total{{model="{_label(model)}",'
-                           f'provider="{provider}",outcome="{outcome}"}} {n}')
+                           f'provider="{provider}",api="{api}",outcome="{outcome}"}} {n}')
             family("bridge_tokens_total", "counter", "Tokens by model, provider and kind.")
             for (model, provider, kind), n in sorted(self.tokens.items()):
                 out.append(f'bridge_tokens_total{{model="{_label(model)}",'
@@ -4340,6 +5532,7 @@ class RequestRecord:
                "stream": self.chat.stream, "outcome": outcome, "status": status,
                "error": error,
                "duration_ms": int((time.monotonic() - self.started) * 1000),
+               "api": self.chat.api,
                "ttft_ms": (int((self.first_token - self.started) * 1000)
                            if self.first_token is not None else None)}
         if final is not None:
@@ -4365,7 +5558,8 @@ class Bridge:
     def __init__(self, settings):
         self.settings = settings
         self.store = UsageStore(settings.usage_db_path, settings.claude_sessions,
-                                settings.claude_session_days, settings.conversations_max)
+                                settings.claude_session_days, settings.conversations_max,
+                                settings.responses_max)
         self.conversations = Conversations(self.store, settings.recognise_conversations)
         self.workers = Workers()
         self.claude = ClaudeBackend(settings, self.store, self.workers, self.conversations)
@@ -4380,19 +5574,27 @@ class Bridge:
         """Whether the request being answered carries the key (or no key is set)."""
         if self.auth_key is None:
             return True
-        header = bottle.request.get_header("Authorization", "")
-        scheme, _, token = header.strip().partition(" ")
+        token = self._token()
+        return token is not None and hmac.compare_digest(
+            token.encode("utf-8", "replace"), self.auth_key)
+
+    @staticmethod
+    def _token():
+        """The key the request carries: `Authorization: Bearer`, or Anthropic's
+        `x-api-key` (what its SDKs and Claude Code send); None if neither."""
+        scheme, _, token = bottle.request.get_header("Authorization", "").strip().partition(" ")
         # RFC 7235: the scheme is case-insensitive.
-        return scheme.lower() == "bearer" and hmac.compare_digest(
-            token.strip().encode("utf-8", "replace"), self.auth_key)
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+        return bottle.request.get_header("X-Api-Key", "").strip() or None
 
     def owner(self):
         """Who the request being answered comes from, as far as the bridge can tell: a
         hash of its key (one key today; conversations never cross keys)."""
-        token = bottle.request.get_header("Authorization", "").strip().partition(" ")[2]
-        if self.auth_key is None or not token.strip():
+        token = self._token()
+        if self.auth_key is None or token is None:
             return ""
-        return hashlib.sha256(token.strip().encode("utf-8", "replace")).hexdigest()[:16]
+        return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()[:16]
 
     def register(self, backend):
         """Add a backend, asked before those already there."""
@@ -4455,7 +5657,8 @@ class BrowserGuard:
     origin without a preflight."""
 
     METHODS = "GET, POST, DELETE, OPTIONS"
-    HEADERS = "Authorization, Content-Type, X-Session-ID, X-Request-ID"
+    HEADERS = ("Authorization, Content-Type, X-Session-ID, X-Request-ID, X-Api-Key, "
+               "Anthropic-Version, Anthropic-Beta")
     EXPOSED = "X-Request-ID, Retry-After"
 
     def __init__(self, settings):
@@ -4560,7 +5763,7 @@ class BridgeApp:
         except BridgeError as exc:
             start(f"{exc.status} {bottle.HTTP_CODES[exc.status]}",
                   [("Content-Type", _JSON), *exc.headers.items()])
-            body = [_dumps(exc.body()).encode("utf-8")]
+            body = [_dumps(_error_body(exc, environ.get("PATH_INFO", ""))).encode("utf-8")]
         if not self.log_requests:
             return body
         return _LoggedBody(body, environ, status_line, started)
@@ -4621,7 +5824,8 @@ def _check_auth(bridge):
             bottle.request.environ.get("REMOTE_ADDR", "")):
         return
     raise _error_response(Unauthorized(
-        "Missing or wrong API key: send 'Authorization: Bearer <CLAUDE_AUTH_KEY>'."))
+        "Missing or wrong API key: send 'Authorization: Bearer <CLAUDE_AUTH_KEY>' (or "
+        "'x-api-key: <CLAUDE_AUTH_KEY>')."))
 
 
 def _default_error(res):
@@ -4639,7 +5843,7 @@ def _default_error(res):
         exc.status = res.status_code if res.status_code >= 400 else 500
     # Bottle applied `res` to the response already: set headers on the response.
     bottle.response.content_type = _JSON
-    return _dumps(exc.body())
+    return _dumps(_error_body(exc, bottle.request.path))
 
 
 def get_health(bridge):
@@ -4690,7 +5894,11 @@ def _filters(bridge):
     if provider is not None and provider not in bridge.providers():
         raise InvalidRequest(f"'provider' must be one of {', '.join(bridge.providers())}.",
                              param="provider")
-    return {"since": since, "until": until, "provider": provider, "model": _query("model")}
+    api = _query("api")
+    if api is not None and api not in APIS:
+        raise InvalidRequest(f"'api' must be one of {', '.join(APIS)}.", param="api")
+    return {"since": since, "until": until, "provider": provider, "model": _query("model"),
+            "api": api}
 
 
 def get_usage(bridge):
@@ -4706,7 +5914,8 @@ def _limit():
 
 
 def get_usage_recent(bridge):
-    return _json_response(bridge.store.recent(_limit(), _filters(bridge)["since"]))
+    window = _filters(bridge)
+    return _json_response(bridge.store.recent(_limit(), window["since"], window["api"]))
 
 
 def list_sessions(bridge):
@@ -4791,19 +6000,24 @@ def serve_mcp(bridge, token):
     return bottle.HTTPResponse(status=202) if answer is None else _json_response(answer)
 
 
-def create_chat_completion(bridge):
+def answer(bridge, dialect):
+    """A POST in any dialect: validated, run by its backend, answered in JSON or as a
+    stream, and one usage row whatever happens."""
     environ, settings = bottle.request.environ, bridge.settings
     body = _json_body(bridge)  # a body that is no JSON object has no usage row
     try:
-        chat = parse_chat_request(body, environ, settings.claude_default_model)
-        refused = None
+        chat, refused = dialect.parse(bridge, body, environ), None
     except InvalidRequest as exc:
-        chat, refused = refused_chat(body, environ, settings.claude_default_model), exc
+        chat, refused = refused_chat(body, environ, settings.claude_default_model,
+                                     dialect.api), exc
     # From here on the session is known by its tag only: rows, logs, errors, keys.
     chat = dataclasses.replace(chat, session_id=bridge.store.session_tag(chat.session_id),
                                owner=bridge.owner())
     if refused is None:
-        chat = bridge.conversations.resolve(chat)
+        try:
+            chat = bridge.conversations.resolve(dialect.prepare(bridge, chat))
+        except InvalidRequest as exc:
+            refused = exc
     if refused is not None:
         RequestRecord(bridge, chat, bridge.backend_for(chat.model).provider, environ).write(
             "error", refused.status, refused.message)
@@ -4813,7 +6027,7 @@ def create_chat_completion(bridge):
     run = None
     handed_off = False
     try:
-        ignored = backend.ignored(chat)
+        ignored = backend.ignored(chat) + chat.echo.get("ignored", [])
         if ignored and settings.strict_params:
             raise InvalidRequest(f"This backend cannot honour {', '.join(ignored)} "
                                  "(STRICT_PARAMS is on); leave them out.", param=ignored[0],
@@ -4828,8 +6042,8 @@ def create_chat_completion(bridge):
             # failure still gets its real status.
             first = next(e for e in events if e is not _TICK)
             handed_off = True
-            return _stream(chat, run, events, first, record, bridge.conversations)
-        return _complete(chat, events, record, bridge.conversations)
+            return _stream(bridge, dialect, chat, run, events, first, record)
+        return _complete(bridge, dialect, chat, events, record)
     except BridgeError as exc:
         record.write("error", exc.status, exc.message, run=run)
         return _error_response(exc)
@@ -4844,20 +6058,21 @@ def create_chat_completion(bridge):
             record.write("error", 500, "internal error in the bridge", run=run)
 
 
-def _complete(chat, events, record, conversations):
+def _complete(bridge, dialect, chat, events, record):
     turn = Assembly()
     for event in events:
         if turn.feed(event):
             record.first()
-    body = completion_body(chat, turn)
+    body = dialect.reply(chat, turn)
     record.write("ok", 200, final=turn.final)
-    conversations.record(chat, turn.message(), record.provider, record.point())
+    bridge.conversations.record(chat, turn.message(), record.provider, record.point())
+    dialect.done(bridge, chat, turn, body)
     ignored = bottle.response.get_header("X-Bridge-Ignored-Params")
     return _json_response(body, headers=ignored and {"X-Bridge-Ignored-Params": ignored})
 
 
-def _stream(chat, run, events, first, record, conversations):
-    writer = ChunkWriter(chat)
+def _stream(bridge, dialect, chat, run, events, first, record):
+    writer = dialect.writer(chat)
     bottle.response.content_type = "text/event-stream"
     bottle.response.set_header("Cache-Control", "no-cache")
     bottle.response.set_header("X-Accel-Buffering", "no")  # nginx: do not buffer
@@ -4865,24 +6080,22 @@ def _stream(chat, run, events, first, record, conversations):
     def generate():
         turn = Assembly()
         try:
-            yield writer.chunk({"role": "assistant", "content": ""})
+            yield writer.start()
             stream = iter(events)
             event = first
             while event is not None:
                 if event is _TICK:
-                    yield b": keep-alive\n\n"
+                    yield writer.tick()
                 for piece in turn.feed(event):
                     record.first()
                     yield writer.piece(piece)
                 if isinstance(event, Final):
-                    final = event
-                    record.write("ok", 200, final=final)
-                    conversations.record(chat, turn.message(), record.provider,
-                                         record.point())
-                    out = writer.chunk({}, writer.finish_reason(final))
-                    if chat.include_usage:
-                        out += writer.usage(final)
-                    yield out + b"data: [DONE]\n\n"
+                    record.write("ok", 200, final=event)
+                    bridge.conversations.record(chat, turn.message(), record.provider,
+                                                record.point())
+                    out = writer.end(turn)
+                    dialect.done(bridge, chat, turn, writer.body)
+                    yield out
                     return
                 event = next(stream, None)
             raise BackendFailed("the backend ended without a result")
@@ -4905,16 +6118,89 @@ def _stream(chat, run, events, first, record, conversations):
     return generate()
 
 
+def create_embedding(bridge):
+    """POST /v1/embeddings: one usage row, like every model request."""
+    environ = bottle.request.environ
+    body = _json_body(bridge)
+    default = bridge.settings.claude_default_model
+    try:
+        request, refused = parse_embedding_request(body, default), None
+    except InvalidRequest as exc:
+        request, refused = None, exc
+    chat = dataclasses.replace(refused_chat(body, environ, default, "embeddings"),
+                               stream=False, request_id=_new_id("emb-"))
+    chat.session_id = bridge.store.session_tag(chat.session_id)
+    backend = bridge.backend_for(chat.model)
+    record = RequestRecord(bridge, chat, backend.provider, environ)
+    try:
+        if refused is not None:
+            raise refused
+        embedded = backend.embed(request)
+    except BridgeError as exc:
+        record.write("error", exc.status, exc.message)
+        return _error_response(exc)
+    except BaseException:  # a bug: the row is still written (Bottle answers 500)
+        record.write("error", 500, "internal error in the bridge")
+        raise
+    record.write("ok", 200, final=Final("stop", embedded.prompt_tokens, 0, 0, 0.0))
+    return _json_response(embedding_body(request, embedded,
+                                         body.get("encoding_format") == "base64"))
+
+
+def count_message_tokens(bridge):
+    """POST /v1/messages/count_tokens: an estimate (no backend counts without running)."""
+    body = _json_body(bridge)
+    body = {**body, "max_tokens": 1} if isinstance(body, dict) else body
+    chat = AnthropicMessages().parse(bridge, body, bottle.request.environ)
+    return _json_response({"input_tokens": count_tokens_estimate(chat, body),
+                           "estimated": True}, headers={"X-Bridge-Token-Count": "estimated"})
+
+
+_RESPONSE_ID = re.compile(r"^resp_[0-9a-f]{24}\Z")
+
+
+def _stored_response(bridge, response_id):
+    found = _RESPONSE_ID.match(response_id) and bridge.store.get_response(
+        response_id, bridge.owner())
+    if not found:
+        raise NotFound(f"No stored response with id {response_id[:80]!r}.",
+                       param="response_id")
+    return found
+
+
+def get_response(bridge, response_id):
+    return bottle.HTTPResponse(body=_stored_response(bridge, response_id)[1],
+                               headers={"Content-Type": _JSON})
+
+
+def delete_response(bridge, response_id):
+    if not (_RESPONSE_ID.match(response_id)
+            and bridge.store.delete_response(response_id, bridge.owner())):
+        raise NotFound(f"No stored response with id {response_id[:80]!r}.",
+                       param="response_id")
+    return _json_response({"id": response_id, "object": "response", "deleted": True})
+
+
 # (method, path, function of the Bridge): what make_app registers.
 ROUTES = (
     ("GET", "/", get_index), ("GET", "/health", get_health),
-    ("GET", "/v1/models", list_models), ("POST", "/v1/chat/completions", create_chat_completion),
+    ("GET", "/v1/models", list_models),
+    ("POST", "/v1/chat/completions", functools.partial(answer, dialect=ChatCompletions())),
+    ("POST", "/v1/responses", functools.partial(answer, dialect=Responses())),
+    ("GET", "/v1/responses/<response_id>", get_response),
+    ("DELETE", "/v1/responses/<response_id>", delete_response),
+    ("POST", "/v1/messages", functools.partial(answer, dialect=AnthropicMessages())),
+    ("POST", "/v1/messages/count_tokens", count_message_tokens),
+    ("POST", "/v1/completions", functools.partial(answer, dialect=Completions())),
+    ("POST", "/v1/embeddings", create_embedding),
     ("GET", "/v1/usage", get_usage), ("GET", "/v1/usage/recent", get_usage_recent),
     ("GET", "/v1/usage/timeseries", get_usage_timeseries), ("GET", "/metrics", get_metrics),
     ("GET", "/openapi.json", get_openapi), ("GET", "/dashboard", get_dashboard),
     ("GET", "/v1/sessions", list_sessions), ("DELETE", "/v1/sessions/<session_id>", delete_session),
     ("POST", "/mcp/<token>", serve_mcp),
 )
+# The APIs a usage row may have come in by.
+APIS = ("chat", "responses", "messages", "completions", "embeddings")
 
 
 def make_app(settings):
@@ -4962,7 +6248,7 @@ def _channel_class(settings):
             exc = _too_large(settings) if error.code == 413 else InvalidRequest(
                 f"{error.reason}: {error.body}", code="bad_http_request")
             exc.status = error.code
-            body = _dumps(exc.body()).encode("utf-8")
+            body = _dumps(_error_body(exc, getattr(self.request, "path", None) or "")).encode("utf-8")
             given = self.request.headers.get("X_REQUEST_ID", "")
             self.status = f"{error.code} {error.reason}"
             self.response_headers += [

@@ -10,6 +10,7 @@ Use from tests::
     ...
     fake.requests        # [(path, parsed JSON body or None), ...] in arrival order
     fake.chat_bodies()   # just the /api/chat bodies
+    fake.embed_bodies()  # just the /api/embed bodies (embeddings_bodies(): legacy /api/embeddings)
     fake.models          # name -> /api/tags entry (add_model() builds realistic ones)
     fake.closed_streams  # int: chats whose client went away mid-response
     fake.active_streams  # int: chats (streaming or not) being generated right now
@@ -20,8 +21,8 @@ Or by hand / for benchmarks::
 
     python testkit/fake_ollama.py --port 11434 [--delay-ms 20] [--verbose]
 
-Endpoints: GET|HEAD /, GET /api/version, GET /api/tags, POST /api/chat;
-anything else is 404 {"error": "..."}.
+Endpoints: GET|HEAD /, GET /api/version, GET /api/tags, POST /api/chat,
+POST /api/embed, POST /api/embeddings (legacy); anything else is 404 {"error": "..."}.
 
 POST /api/chat replies ``ECHO model=<model> msgs=<n> images=<k> last=<text>``
 split into word pieces.  Markers in the last user message select failure
@@ -41,6 +42,21 @@ scenarios (the first marker in the text wins):
 With ``tools`` in the request, ``[tool:NAME]`` or ``[tool:NAME:{json object}]`` in
 the last user message (several allowed) turn the reply into tool calls, sent
 whole in one chunk with content "".
+
+Embeddings (see the "Ollama: POST /api/embed" section of wire-formats.md).  A
+model embeds when add_model(..., embedding=True) said so, or (embedding=None,
+the default) when its name contains "embed" or starts with all-minilm / bge-
+(nomic-embed-text, mxbai-embed-large, embeddinggemma, ...).  No default model
+embeds: call fake.add_model("nomic-embed-text").  Vectors are deterministic:
+the sum over the lowercased words (runs of \\w) of a per-(model, word) pseudo-random
+vector from shake_256, L2-normalised like real /api/embed (texts sharing
+words are cosine-similar; word order is ignored).  Dimensions: 768 unless the
+name is in KNOWN_EMBEDDERS or add_model(embedding_dims=N).  Token count of
+one input: words-and-punctuation pieces + 2 (BOS/EOS; "why is the sky blue?"
+-> 8, the same as real all-minilm).  The chat markers [ollama:error-500],
+[ollama:busy], [ollama:badreq], [ollama:hang] and [ollama:slow:N:MS] (sleep
+N*MS ms) also work inside an embed input.  A chat on an embedding model is
+400 '"<model>" does not support chat'.
 """
 
 from __future__ import annotations
@@ -48,16 +64,21 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import functools
+import hashlib
 import json
+import math
 import re
 import select
 import socket
+import struct
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-__all__ = ["FakeOllama", "start", "model_info", "DEFAULT_MODELS"]
+__all__ = ["FakeOllama", "start", "model_info", "DEFAULT_MODELS", "KNOWN_EMBEDDERS",
+           "embed_vector", "count_tokens", "is_embedding_name"]
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -72,6 +93,17 @@ ERR_BUSY = "server busy, please try again.  maximum pending requests exceeded"
 ERR_BADREQ = "invalid options"
 ERR_MIDSTREAM = "an error was encountered while running the model: unexpected EOF"
 HANG_SECONDS = 60.0
+# A model with no embedding head (current Ollama runs llama-server without
+# --embedding: its 501 text; before 0.33 the Go runner said
+# "this model does not support embeddings", also 501).  Match the status.
+ERR_NO_EMBED = "This server does not support embeddings. Start it with `--embeddings`"
+ERR_EMBED_TOO_LONG = "the input length exceeds the context length"
+ERR_EMBED_TRUNC = "input after truncation exceeds maximum context length"
+ERR_EMBED_INPUT = "invalid input type"
+DEFAULT_EMBED_DIMS = 768
+DEFAULT_EMBED_CONTEXT = 2048
+EMBED_LOAD_NS = 1_019_500
+EMBED_NS_PER_TOKEN = 60_000
 
 _JSON_CT = "application/json; charset=utf-8"
 _NDJSON_CT = "application/x-ndjson"
@@ -114,6 +146,90 @@ DEFAULT_MODELS = {
         family="qwen2", parameter_size="494.03M", quantization_level="Q4_K_M",
         modified_at="2025-01-02T17:41:08.011377925+01:00"),
 }
+
+
+# name (tag stripped) -> (embedding dims, context length in tokens).  Dims are the
+# real models'; context lengths approximate the real ones.
+KNOWN_EMBEDDERS = {
+    "nomic-embed-text": (768, 2048),
+    "mxbai-embed-large": (1024, 512),
+    "all-minilm": (384, 512),
+    "snowflake-arctic-embed": (1024, 512),
+    "bge-m3": (1024, 8192),
+    "embeddinggemma": (768, 2048),
+}
+
+
+def is_embedding_name(name):
+    """The name rule for models that embed when add_model() was not told."""
+    base = _norm_name(name).rsplit(":", 1)[0].rsplit("/", 1)[-1]
+    return "embed" in base or base.startswith(("all-minilm", "bge-"))
+
+
+_TOKEN_RE = re.compile(r"\w+|[^\w\s]")
+_WORD_RE = re.compile(r"\w+")
+
+
+def count_tokens(text):
+    """The fake tokenizer's count: words and punctuation marks, plus BOS and EOS."""
+    return len(_TOKEN_RE.findall(text)) + 2
+
+
+def _truncate_tokens(text, limit):
+    """TEXT cut so that count_tokens() <= LIMIT (LIMIT >= 3)."""
+    pieces = list(_TOKEN_RE.finditer(text))
+    keep = limit - 2
+    if len(pieces) <= keep:
+        return text
+    return text[:pieces[keep - 1].end()] if keep > 0 else ""
+
+
+def _f32(v):
+    return struct.unpack("f", struct.pack("f", v))[0]
+
+
+def _f32_short(v):
+    """V as float32, with the shortest decimal form that round-trips (like Go)."""
+    f = _f32(v)
+    for p in range(1, 10):
+        s = float(f"{f:.{p}g}")
+        if _f32(s) == f:
+            return s
+    return f
+
+
+@functools.lru_cache(maxsize=65536)
+def _word_vector(model_key, word, dims):
+    raw = hashlib.shake_256(f"{model_key}\0{word}".encode()).digest(4 * dims)
+    return tuple(u / 2147483648.0 - 1.0 for u in struct.unpack(f"<{dims}I", raw))
+
+
+def _raw_vector(text, dims, model):
+    """The fake model's un-normalised output for TEXT: a sum of word vectors."""
+    key = _norm_name(model or "")
+    words = [w.lower() for w in _WORD_RE.findall(text)] or ["\0" + text]
+    acc = [0.0] * dims
+    for w in words:
+        for i, x in enumerate(_word_vector(key, w, dims)):
+            acc[i] += x
+    return acc
+
+
+def _normalize(vec):
+    norm = max(math.sqrt(sum(x * x for x in vec)), 1e-12)
+    return [x / norm for x in vec]
+
+
+def embed_vector(text, dims=DEFAULT_EMBED_DIMS, model="nomic-embed-text", dimensions=None):
+    """Exactly the vector POST /api/embed returns for TEXT (after any truncation).
+
+    DIMENSIONS (0 < d < dims): the first d values, normalised again, like Ollama.
+    """
+    vec = _normalize(_raw_vector(text, dims, model))
+    vec = [_f32(x) for x in vec]
+    if dimensions and 0 < dimensions < len(vec):
+        vec = [_f32(x) for x in _normalize(vec[:dimensions])]
+    return [_f32_short(x) for x in vec]
 
 
 def _now_rfc3339():
@@ -267,6 +383,38 @@ def _validate_chat(body):
     return None
 
 
+def _validate_fields(body, struct_name, fields):
+    """Go's json.Unmarshal type errors for BODY's FIELDS {name: go kind}."""
+    for name, kind in fields.items():
+        v = body.get(name)
+        if v is None:
+            continue
+        t = _go_type(v)
+        if kind == "int":
+            if t == "number" and isinstance(v, int):  # Go rejects 5.0 for an int too
+                continue
+            shown = f"number {v}" if t == "number" else t
+            return (f"json: cannot unmarshal {shown} into Go struct field "
+                    f"{struct_name}.{name} of type int")
+        if t != kind:
+            go_kind = {"object": "map[string]interface {}", "bool": "bool",
+                       "string": "string"}[kind]
+            return (f"json: cannot unmarshal {t} into Go struct field "
+                    f"{struct_name}.{name} of type {go_kind}")
+    return None
+
+
+def _parse_body(raw, body, go_type):
+    """400 text for a missing / non-JSON / non-object body, else None."""
+    if not raw or not raw.strip():
+        return "missing request body"
+    if isinstance(body, str):
+        return "invalid character in request body: not valid JSON"
+    if not isinstance(body, dict):
+        return f"json: cannot unmarshal {_go_type(body)} into Go value of type {go_type}"
+    return None
+
+
 class _ClientGone(Exception):
     """The client went away mid-response."""
 
@@ -367,6 +515,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, {"models": self.fake._tags()})
         elif path == "/api/chat" and method == "POST":
             self._chat(raw, parsed)
+        elif path == "/api/embed" and method == "POST":
+            self._embed(raw, parsed)
+        elif path == "/api/embeddings" and method == "POST":
+            self._embeddings(raw, parsed)
         else:
             self._send_error(404, f"404 page not found: {method} {path}")
 
@@ -387,6 +539,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_error(400, "model is required")
         if not self.fake._has_model(model):
             return self._send_error(404, f'model "{model}" not found, try pulling it first')
+        if self.fake.embed_spec(model) is not None:  # no completion capability
+            return self._send_error(400, f'"{model}" does not support chat')
 
         stream = body.get("stream")
         stream = True if stream is None else bool(stream)
@@ -463,6 +617,136 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         finally:
             self.fake._stream_ended()
+
+
+    # ---- /api/embed -----------------------------------------------------
+    _EMBED_FIELDS = {"model": "string", "truncate": "bool", "dimensions": "int",
+                     "options": "object"}
+
+    def _embed(self, raw, body):
+        """server/routes.go EmbedHandler, step by step."""
+        t0 = time.perf_counter_ns()
+        problem = (_parse_body(raw, body, "api.EmbedRequest")
+                   or _validate_fields(body, "EmbedRequest", self._EMBED_FIELDS))
+        if problem:
+            return self._send_error(400, problem)
+        model = body.get("model") or ""
+        if not model.strip():
+            return self._send_error(404, f"model '{model}' not found")
+        inp = body.get("input")
+        if isinstance(inp, str):
+            inputs = [inp] if inp else []
+        elif isinstance(inp, list):
+            if not all(isinstance(x, str) for x in inp):
+                return self._send_error(400, ERR_EMBED_INPUT)
+            inputs = list(inp)
+        elif inp is None:
+            inputs = []
+        else:
+            return self._send_error(400, ERR_EMBED_INPUT)
+        if not self.fake._has_model(model):
+            return self._send_error(404, f'model "{model}" not found, try pulling it first')
+
+        gen = _Generation(self, model=model, n_messages=0, stream=False)
+        try:
+            if self._embed_scenario(gen, inputs):
+                return
+            if not inputs:  # real Ollama: load the model, answer no vectors
+                return gen._send_full(200, {"model": model, "embeddings": []})
+            spec = self.fake.embed_spec(model)
+            if spec is None:
+                return gen._send_full(501, {"error": ERR_NO_EMBED})
+            dims, ctx = spec
+            num_ctx = (body.get("options") or {}).get("num_ctx")
+            if isinstance(num_ctx, int) and not isinstance(num_ctx, bool) and num_ctx > 0:
+                ctx = min(ctx, num_ctx)
+            truncate = body.get("truncate") is not False
+            texts, tokens = [], 0
+            for text in inputs:
+                n = count_tokens(text)
+                if ctx - 2 <= 0:
+                    return gen._send_full(400, {"error": ERR_EMBED_TRUNC})
+                if n > ctx:
+                    if not truncate:
+                        return gen._send_full(400, {"error": ERR_EMBED_TOO_LONG})
+                    text = _truncate_tokens(text, ctx)
+                    n = count_tokens(text)
+                texts.append(text)
+                tokens += n
+            if self.fake.delay_ms:
+                gen._wait(self.fake.delay_ms / 1000.0 * len(texts))
+            dimensions = body.get("dimensions") or 0
+            vectors = [embed_vector(t, dims, model, int(dimensions)) for t in texts]
+            load = EMBED_LOAD_NS
+            total = max(time.perf_counter_ns() - t0, 0) + load + EMBED_NS_PER_TOKEN * tokens
+            gen._send_full(200, {"model": model, "embeddings": vectors,
+                                 "total_duration": int(total), "load_duration": load,
+                                 "prompt_eval_count": tokens})
+        except _ClientGone:
+            self.close_connection = True
+        except _Stopped:
+            self.close_connection = True
+
+    def _embed_scenario(self, gen, inputs):
+        """Chat failure markers inside an embed input; True when answered."""
+        for text in inputs:
+            scenario, params = _find_scenario(text)
+            if scenario == "error-500":
+                gen._send_full(500, {"error": ERR_500})
+            elif scenario == "busy":
+                gen._send_full(503, {"error": ERR_BUSY})
+            elif scenario == "badreq":
+                gen._send_full(400, {"error": ERR_BADREQ})
+            elif scenario == "hang":
+                self.close_connection = True
+                gen._wait(HANG_SECONDS)
+            elif scenario in ("slow", "stamped"):
+                count = int(params[0]) if params[0] is not None else 10
+                gap = (int(params[1]) if params[1] is not None else 100) / 1000.0
+                gen._wait(count * gap)
+                continue
+            else:
+                continue
+            return True
+        return False
+
+    # ---- /api/embeddings (legacy) ----------------------------------------
+    def _embeddings(self, raw, body):
+        """server/routes.go EmbeddingsHandler: one prompt, a raw (unnormalised) vector."""
+        problem = (_parse_body(raw, body, "api.EmbeddingRequest")
+                   or _validate_fields(body, "EmbeddingRequest",
+                                       {"model": "string", "prompt": "string",
+                                        "options": "object"}))
+        if problem:
+            return self._send_error(400, problem)
+        model = body.get("model") or ""
+        if not model.strip():
+            return self._send_error(400, "model is required")
+        if not self.fake._has_model(model):
+            return self._send_error(404, f'model "{model}" not found, try pulling it first')
+        prompt = body.get("prompt") or ""
+        gen = _Generation(self, model=model, n_messages=0, stream=False)
+        try:
+            if prompt and self._embed_scenario(gen, [prompt]):
+                return
+            if not prompt:  # "an empty request loads the model"
+                return gen._send_full(200, {"embedding": []})
+            spec = self.fake.embed_spec(model)
+            if spec is None:  # every runner error is a 500 here
+                return gen._send_full(500, {"error": ERR_NO_EMBED})
+            dims, ctx = spec
+            num_ctx = (body.get("options") or {}).get("num_ctx")
+            if isinstance(num_ctx, int) and not isinstance(num_ctx, bool) and num_ctx > 0:
+                ctx = min(ctx, num_ctx)
+            if count_tokens(prompt) > ctx:
+                return gen._send_full(500, {"error": ERR_EMBED_TOO_LONG})
+            if self.fake.delay_ms:
+                gen._wait(self.fake.delay_ms / 1000.0)
+            # []float32 from the runner widened to float64: long decimal forms.
+            vec = [_f32(x) for x in _raw_vector(prompt, dims, model)]
+            gen._send_full(200, {"embedding": vec})
+        except (_ClientGone, _Stopped):
+            self.close_connection = True
 
 
 class _Generation:
@@ -641,6 +925,9 @@ class FakeOllama:
     def __init__(self, host="127.0.0.1", port=0, *, delay_ms=0, verbose=False):
         self.version = "0.5.1"
         self.models = {k: json.loads(json.dumps(v)) for k, v in DEFAULT_MODELS.items()}
+        # normalised name -> (dims, context length), or None: add_model() said it cannot
+        # embed.  Names missing here fall back to is_embedding_name().
+        self.embedders = {}
         self.requests = []
         self.closed_streams = 0
         self.active_streams = 0
@@ -696,11 +983,36 @@ class FakeOllama:
     def set_delay_ms(self, ms):
         self.delay_ms = max(0, ms or 0)
 
-    def add_model(self, name, **kw):
-        """Add a realistic model entry (see model_info) and return it."""
+    def add_model(self, name, *, embedding=None, embedding_dims=None,
+                  context_length=None, **kw):
+        """Add a realistic model entry (see model_info) and return it.
+
+        EMBEDDING: True / False, or None for the name rule (is_embedding_name).
+        EMBEDDING_DIMS: vector length (default KNOWN_EMBEDDERS' or 768).
+        CONTEXT_LENGTH: tokens one input may have (default KNOWN_EMBEDDERS' or 2048).
+        """
         info = model_info(name, **kw)
         self.models[info["name"]] = info
+        key = _norm_name(info["name"])
+        if embedding is None:
+            embedding = is_embedding_name(name) or embedding_dims is not None
+        if embedding:
+            known = KNOWN_EMBEDDERS.get(key.rsplit(":", 1)[0].rsplit("/", 1)[-1],
+                                        (DEFAULT_EMBED_DIMS, DEFAULT_EMBED_CONTEXT))
+            self.embedders[key] = (embedding_dims or known[0], context_length or known[1])
+        else:
+            self.embedders[key] = None
         return info
+
+    def embed_spec(self, name):
+        """(dims, context length) when model NAME embeds, else None."""
+        key = _norm_name(name)
+        if key in self.embedders:
+            return self.embedders[key]
+        if not is_embedding_name(name):
+            return None
+        return KNOWN_EMBEDDERS.get(key.rsplit(":", 1)[0].rsplit("/", 1)[-1],
+                                   (DEFAULT_EMBED_DIMS, DEFAULT_EMBED_CONTEXT))
 
     def chat_bodies(self):
         return [b for p, b in list(self.requests) if p == "/api/chat"]
@@ -708,6 +1020,18 @@ class FakeOllama:
     def last_chat(self):
         bodies = self.chat_bodies()
         return bodies[-1] if bodies else None
+
+    def embed_bodies(self):
+        """The /api/embed request bodies, in arrival order."""
+        return [b for p, b in list(self.requests) if p == "/api/embed"]
+
+    def last_embed(self):
+        bodies = self.embed_bodies()
+        return bodies[-1] if bodies else None
+
+    def embeddings_bodies(self):
+        """The legacy /api/embeddings request bodies, in arrival order."""
+        return [b for p, b in list(self.requests) if p == "/api/embeddings"]
 
     def reset(self):
         with self._lock:

@@ -52,7 +52,7 @@ class Running:
         """The official SDK with strict response validation and no retries."""
         kw.setdefault("api_key", self.settings.claude_auth_key or "unused")
         return openai.OpenAI(base_url=self.url + "/v1", max_retries=0,
-                             _strict_response_validation=True, timeout=60, **kw)
+                             timeout=60, **{"_strict_response_validation": True, **kw})
 
     def post(self, body, headers=None, **kw):
         """POST /v1/chat/completions with requests."""

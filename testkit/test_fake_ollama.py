@@ -323,3 +323,193 @@ def test_requests_recorded_in_order(fake, client):
     body = fake.requests[1][1]
     assert body["format"] == "json" and body["options"] == {"seed": 1}
     assert body["keep_alive"] == "5m"
+
+
+# ---- embeddings: POST /api/embed and the legacy POST /api/embeddings ----------
+
+from ollama._types import EmbeddingsResponse, EmbedResponse  # noqa: E402
+
+EMBED = "nomic-embed-text"
+
+
+@pytest.fixture
+def efake(fake):
+    fake.add_model(EMBED, family="nomic-bert", parameter_size="137M", quantization_level="F16")
+    return fake
+
+
+def norm(vec):
+    return sum(x * x for x in vec) ** 0.5
+
+
+def cos(a, b):
+    return sum(x * y for x, y in zip(a, b)) / (norm(a) * norm(b))
+
+
+def test_embed_single_shape_and_values(efake, client):
+    r = client.embed(model=EMBED, input="why is the sky blue?")
+    assert isinstance(r, EmbedResponse) and r.model == EMBED
+    (vec,) = r.embeddings
+    assert len(vec) == 768 and abs(norm(vec) - 1) < 1e-6  # L2-normalised like real Ollama
+    assert vec == fake_ollama.embed_vector("why is the sky blue?", 768, EMBED)
+    assert r.prompt_eval_count == 8  # the same count real all-minilm reports for this text
+    assert isinstance(r.total_duration, int) and isinstance(r.load_duration, int)
+    assert r.total_duration >= r.load_duration > 0
+    raw = requests.post(efake.url + "/api/embed", json={"model": EMBED, "input": "x"})
+    assert raw.headers["Content-Type"].startswith("application/json")
+    assert set(raw.json()) == {"model", "embeddings", "total_duration", "load_duration",
+                               "prompt_eval_count"}
+    EmbedResponse.model_validate_json(raw.content, strict=True)
+
+
+def test_embed_batch_is_deterministic_and_similarity_follows_words(efake, client):
+    texts = ["Why is the sky blue?", "Why is the grass green?", "stock market crash"]
+    r = client.embed(model=EMBED + ":latest", input=texts)
+    assert len(r.embeddings) == 3 and r.model == EMBED + ":latest"
+    assert r.prompt_eval_count == 8 + 8 + 5
+    again = client.embed(model=EMBED, input=texts[1])
+    assert again.embeddings[0] == r.embeddings[1]
+    a, b, c = r.embeddings
+    assert cos(a, b) > cos(a, c) + 0.2
+    efake.add_model("mxbai-embed-large")
+    other = client.embed(model="mxbai-embed-large", input=texts[0]).embeddings[0]
+    assert len(other) == 1024  # per-model dims (KNOWN_EMBEDDERS)
+
+
+def test_embed_dimensions_truncate_and_renormalise(efake, client):
+    full = client.embed(model=EMBED, input="hello world").embeddings[0]
+    short = client.embed(model=EMBED, input="hello world", dimensions=64).embeddings[0]
+    assert len(short) == 64 and abs(norm(short) - 1) < 1e-6
+    head = full[:64]
+    assert all(abs(x - y / norm(head)) < 1e-6 for x, y in zip(short, head))
+    assert client.embed(model=EMBED, input="hello world", dimensions=5000).embeddings[0] == full
+    assert efake.last_embed()["dimensions"] == 5000
+
+
+def test_add_model_embedding_options(fake, client):
+    fake.add_model("tiny-embed", embedding_dims=16)
+    fake.add_model("custom-vectors", embedding=True, embedding_dims=8, context_length=5)
+    fake.add_model("my-embed-chat", embedding=False)
+    assert len(client.embed(model="tiny-embed", input="a").embeddings[0]) == 16
+    assert len(client.embed(model="custom-vectors", input="a").embeddings[0]) == 8
+    r = client.embed(model="custom-vectors", input="a b c d e f")
+    assert r.prompt_eval_count == 5  # truncated to the context length
+    assert r.embeddings[0] == fake_ollama.embed_vector("a b c", 8, "custom-vectors")
+    with pytest.raises(ollama.ResponseError) as ei:
+        client.embed(model="my-embed-chat", input="a")
+    assert ei.value.status_code == 501
+    assert fake.embed_spec("tiny-embed:latest") == (16, 2048)
+    assert fake.embed_spec("llama3.2") is None and fake.embed_spec("my-embed-chat") is None
+
+
+@pytest.mark.parametrize("inp", ["", [], None])
+def test_embed_empty_input_answers_no_vectors(efake, inp):
+    for model in (EMBED, "llama3.2"):  # also for a chat model: Ollama only loads it
+        body = {"model": model} if inp is None else {"model": model, "input": inp}
+        r = requests.post(efake.url + "/api/embed", json=body)
+        assert r.status_code == 200 and r.json() == {"model": model, "embeddings": []}
+
+
+def test_embed_truncation(efake, client):
+    long = "very long input " * 100
+    r = client.embed(model=EMBED, input=long, options={"num_ctx": 10})
+    assert r.prompt_eval_count == 10
+    assert r.embeddings[0] == fake_ollama.embed_vector(
+        "very long input very long input very long", 768, EMBED)
+    with pytest.raises(ollama.ResponseError) as ei:
+        client.embed(model=EMBED, input=["short", long], truncate=False,
+                     options={"num_ctx": 10})
+    assert ei.value.status_code == 400
+    assert ei.value.error == "the input length exceeds the context length"
+    assert client.embed(model=EMBED, input="a b", truncate=False).prompt_eval_count == 4
+    with pytest.raises(ollama.ResponseError) as ei:
+        client.embed(model=EMBED, input="a b", options={"num_ctx": 2})
+    assert ei.value.status_code == 400
+    assert ei.value.error == "input after truncation exceeds maximum context length"
+    body = efake.embed_bodies()[1]
+    assert body["truncate"] is False and body["options"] == {"num_ctx": 10}
+
+
+@pytest.mark.parametrize("body,status,error", [
+    ({"model": "", "input": "x"}, 404, "model '' not found"),
+    ({"input": "x"}, 404, "model '' not found"),
+    ({"model": "nope", "input": "x"}, 404, 'model "nope" not found, try pulling it first'),
+    ({"model": "llama3.2", "input": "x"}, 501, fake_ollama.ERR_NO_EMBED),
+    ({"model": EMBED, "input": [[101, 2054]]}, 400, "invalid input type"),
+    ({"model": EMBED, "input": ["ok", 3]}, 400, "invalid input type"),
+    ({"model": EMBED, "input": 7}, 400, "invalid input type"),
+    ({"model": EMBED, "input": {"text": "x"}}, 400, "invalid input type"),
+    ({"model": EMBED, "input": "x", "dimensions": "5"}, 400,
+     "json: cannot unmarshal string into Go struct field EmbedRequest.dimensions of type int"),
+    ({"model": EMBED, "input": "x", "truncate": "no"}, 400,
+     "json: cannot unmarshal string into Go struct field EmbedRequest.truncate of type bool"),
+    ({"model": EMBED, "input": "x [ollama:busy]"}, 503, fake_ollama.ERR_BUSY),
+    ({"model": EMBED, "input": ["a", "[ollama:error-500]"]}, 500, fake_ollama.ERR_500),
+])
+def test_embed_errors(efake, body, status, error):
+    r = requests.post(efake.url + "/api/embed", json=body)
+    assert r.status_code == status and r.json() == {"error": error}
+    assert efake.last_embed() == body
+
+
+def test_embed_errors_through_the_client(efake, client):
+    with pytest.raises(ollama.ResponseError) as ei:
+        client.embed(model="llama3.2", input="hello")
+    assert ei.value.status_code == 501 and "does not support embeddings" in ei.value.error
+    with pytest.raises(ollama.ResponseError) as ei:
+        client.embed(model="nope", input="hello")
+    assert ei.value.status_code == 404
+    r = requests.post(efake.url + "/api/embed", data=b"")
+    assert r.status_code == 400 and r.json() == {"error": "missing request body"}
+
+
+def test_chat_on_embedding_model_is_refused(efake, client):
+    with pytest.raises(ollama.ResponseError) as ei:
+        client.chat(model=EMBED, messages=user("hi"), stream=False)
+    assert ei.value.status_code == 400 and ei.value.error == f'"{EMBED}" does not support chat'
+
+
+def test_embed_requests_recorded(efake, client):
+    client.embed(model=EMBED, input=["a", "b"], truncate=True, keep_alive="10m",
+                 options={"num_ctx": 512}, dimensions=32)
+    client.embeddings(model=EMBED, prompt="c")
+    assert [p for p, _ in efake.requests] == ["/api/embed", "/api/embeddings"]
+    assert efake.embed_bodies() == [{"model": EMBED, "input": ["a", "b"], "truncate": True,
+                                     "options": {"num_ctx": 512}, "keep_alive": "10m",
+                                     "dimensions": 32}]
+    assert efake.embeddings_bodies() == [{"model": EMBED, "prompt": "c"}]
+    assert efake.chat_bodies() == []
+
+
+def test_embed_hang_and_delay(efake):
+    t0 = time.monotonic()
+    with pytest.raises(requests.exceptions.RequestException):
+        requests.post(efake.url + "/api/embed", timeout=(2, 0.3),
+                      json={"model": EMBED, "input": "[ollama:hang]"})
+    assert time.monotonic() - t0 < 2
+    efake.set_delay_ms(50)
+    t0 = time.monotonic()
+    requests.post(efake.url + "/api/embed", json={"model": EMBED, "input": ["a", "b"]})
+    assert time.monotonic() - t0 >= 0.09
+
+
+def test_legacy_embeddings(efake, client):
+    r = client.embeddings(model=EMBED, prompt="why is the sky blue?")
+    assert isinstance(r, EmbeddingsResponse) and len(r.embedding) == 768
+    assert norm(r.embedding) > 2  # raw runner output, not normalised
+    same_dir = [x / norm(r.embedding) for x in r.embedding]
+    new = client.embed(model=EMBED, input="why is the sky blue?").embeddings[0]
+    assert cos(same_dir, new) > 0.999999
+    raw = requests.post(efake.url + "/api/embeddings", json={"model": EMBED, "prompt": "x"})
+    assert set(raw.json()) == {"embedding"}
+    EmbeddingsResponse.model_validate_json(raw.content, strict=True)
+    assert client.embeddings(model=EMBED, prompt="").embedding == []
+    for body, status, error in [
+        ({"model": "", "prompt": "x"}, 400, "model is required"),
+        ({"model": "nope", "prompt": "x"}, 404, 'model "nope" not found, try pulling it first'),
+        ({"model": "llama3.2", "prompt": "x"}, 500, fake_ollama.ERR_NO_EMBED),
+        ({"model": EMBED, "prompt": "x " * 3000}, 500,
+         "the input length exceeds the context length"),
+    ]:
+        r = requests.post(efake.url + "/api/embeddings", json=body)
+        assert r.status_code == status and r.json() == {"error": error}, body
