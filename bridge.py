@@ -4190,6 +4190,22 @@ def _legacy_message(msg, i):
     return Message("assistant", (Text(text), ToolCall("fn:" + name, name, args)))
 
 
+def _stream_flag(body):
+    stream = body.get("stream")
+    return stream is not None and _expect(stream, (bool,), "stream", "a boolean")
+
+
+def _include_usage(body):
+    """stream_options.include_usage: a stream's last chunk carries the usage."""
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    _expect(options, (dict,), "stream_options", "an object")
+    wanted = options.get("include_usage")
+    return wanted is not None and _expect(wanted, (bool,), "stream_options.include_usage",
+                                          "a boolean")
+
+
 def parse_chat_request(body, environ, default_model):
     """Validate a /v1/chat/completions body; InvalidRequest says what to fix."""
     model = body.get("model")
@@ -4204,17 +4220,9 @@ def parse_chat_request(body, environ, default_model):
     _expect(messages, (list,), "messages", "an array")
     if not messages:
         raise InvalidRequest("'messages' must contain at least one message.", param="messages")
-    stream = body.get("stream")
-    options = body.get("stream_options")
-    include_usage = None
-    if options is not None:
-        _expect(options, (dict,), "stream_options", "an object")
-        include_usage = options.get("include_usage")
     return ChatRequest(
         _checked_model(model), [_message(msg, i) for i, msg in enumerate(messages)],
-        stream=stream is not None and _expect(stream, (bool,), "stream", "a boolean"),
-        include_usage=include_usage is not None and _expect(
-            include_usage, (bool,), "stream_options.include_usage", "a boolean"),
+        stream=_stream_flag(body), include_usage=_include_usage(body),
         params=_chat_params(body), session_id=_session_id(environ),
         client_gone=environ.get("waitress.client_disconnected") or _never)
 
@@ -4378,9 +4386,16 @@ def _model_name(body, default_model, required=False):
     return _checked_model(model)
 
 
-def _stream_flag(body):
-    stream = body.get("stream")
-    return stream is not None and _expect(stream, (bool,), "stream", "a boolean")
+def _nested_effort(body, name, efforts):
+    """`<name>.effort` of a body, checked, or None."""
+    holder = body.get(name)
+    if holder is None:
+        return None
+    effort = _expect(holder, (dict,), name, "an object").get("effort")
+    if effort is not None and effort not in efforts:
+        raise InvalidRequest(f"{name}.effort must be one of {', '.join(efforts)}.",
+                             param=f"{name}.effort")
+    return effort
 
 
 def _sse(kind, data):
@@ -4393,7 +4408,8 @@ _TOOL_TYPE = re.compile(r"[^A-Za-z0-9_.-]")
 
 def _other_tool(k, tool):
     """How a tool no backend can run is named in X-Bridge-Ignored-Params."""
-    kind = tool.get("type") if isinstance(tool.get("type"), str) else "?"
+    kind = tool.get("type") if isinstance(tool.get("type"), str) else \
+        "deferred" if tool.get("defer_loading") is True else "?"
     return f"tools[{k}] ({_TOOL_TYPE.sub('', kind)[:40]})"
 
 
@@ -4583,7 +4599,7 @@ _RESPONSES_REFUSED = {
 def _responses_params(body, ignored):
     """The generation parameters of a Responses request, as the chat names them."""
     for name, message in _RESPONSES_REFUSED.items():
-        if body.get(name) not in (None, False):
+        if body.get(name) is not None and not (name == "background" and body[name] is False):
             raise InvalidRequest(message, param=name)
     params = {}
     for name, low, high, integer, as_name in (
@@ -4593,16 +4609,9 @@ def _responses_params(body, ignored):
         value = _number(body, name, low, high, integer)
         if value is not None:
             params[as_name] = value
-    reasoning = body.get("reasoning")
-    if reasoning is not None:
-        _expect(reasoning, (dict,), "reasoning", "an object")
-        effort = reasoning.get("effort")
-        if effort is not None:
-            if effort not in _REASONING_EFFORTS:
-                raise InvalidRequest("reasoning.effort must be one of "
-                                     + ", ".join(_REASONING_EFFORTS) + ".",
-                                     param="reasoning.effort")
-            params["reasoning_effort"] = effort
+    effort = _nested_effort(body, "reasoning", _REASONING_EFFORTS)
+    if effort is not None:
+        params["reasoning_effort"] = effort
     if body.get("max_tool_calls") is not None:
         ignored.append("max_tool_calls")
     _response_tools(body, params, ignored)
@@ -4815,7 +4824,7 @@ class ResponseEvents:
         return self._event("response.function_call_arguments.delta", item_id=item.id,
                            output_index=item.index, delta=piece)
 
-    def _close(self):
+    def _close(self, status="completed"):
         item, self.open = self.open, None
         if item is None:
             return b""
@@ -4827,7 +4836,7 @@ class ResponseEvents:
                                text=text, logprobs=[])
                    + self._event("response.content_part.done", **where, content_index=0,
                                  part=part))
-            done = _output_message(item.id, text)
+            done = _output_message(item.id, text, status)
         elif item.kind == "reasoning":
             part = {"type": "summary_text", "text": text}
             out = (self._event("response.reasoning_summary_text.done", **where,
@@ -4844,9 +4853,9 @@ class ResponseEvents:
                                  item=done)
 
     def end(self, turn):
-        out = b"" if self.output or self.open else self.piece(TextDelta(""))
-        out += self._close()
         status = "incomplete" if turn.final.finish_reason == "length" else "completed"
+        out = b"" if self.output or self.open else self.piece(TextDelta(""))
+        out += self._close(status)
         self.body = self.dialect.response(self.chat, self.output, status,
                                           self.dialect.usage(turn.final))
         return out + self._event(f"response.{status}", response=self.body)
@@ -4866,6 +4875,7 @@ _ANTHROPIC_ERRORS = {400: "invalid_request_error", 401: "authentication_error",
                      503: "overloaded_error", 529: "overloaded_error"}
 # Anthropic's stop reasons for the bridge's finish reasons.
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
+_ANTHROPIC_EFFORTS = ("low", "medium", "high", "xhigh", "max")
 # thinking.budget_tokens -> the effort it asks for, at most.
 _BUDGET_EFFORTS = ((2048, "low"), (8192, "medium"), (32768, "high"))
 
@@ -4937,6 +4947,9 @@ def _anthropic_messages(messages):
         param = f"messages[{i}]"
         _expect(msg, (dict,), param, "an object")
         role = msg.get("role")
+        if role == "system":  # (Claude Code sends its reminders so)
+            out.extend(_anthropic_system(msg.get("content"), param + ".content"))
+            continue
         if role not in ("user", "assistant"):
             raise InvalidRequest(f"'{param}.role' must be user or assistant.",
                                  param=param + ".role")
@@ -4957,18 +4970,19 @@ def _anthropic_messages(messages):
     return out
 
 
-def _anthropic_system(system):
+def _anthropic_system(system, param="system"):
     if system is None:
         return []
     if isinstance(system, str):
         return [Message("system", (Text(system),))] if system else []
-    _expect(system, (list,), "system", "a string or an array of text blocks")
+    _expect(system, (list,), param, "a string or an array of text blocks")
     texts = []
     for k, block in enumerate(system):
-        _expect(block, (dict,), f"system[{k}]", "an object")
+        _expect(block, (dict,), f"{param}[{k}]", "an object")
         if block.get("type") != "text":
-            raise InvalidRequest("System blocks must be of type text.", param=f"system[{k}].type")
-        texts.append(_expect(block.get("text"), (str,), f"system[{k}].text", "a string"))
+            raise InvalidRequest("System blocks must be of type text.",
+                                 param=f"{param}[{k}].type")
+        texts.append(_expect(block.get("text"), (str,), f"{param}[{k}].text", "a string"))
     return [Message("system", (Text("\n\n".join(texts)),))] if any(texts) else []
 
 
@@ -4979,8 +4993,9 @@ def _anthropic_tools(body, params, ignored):
         chat_tools = []
         for k, tool in enumerate(tools):
             _expect(tool, (dict,), f"tools[{k}]", "an object")
-            if tool.get("type") not in (None, "custom"):
-                ignored.append(_other_tool(k, tool))  # a server tool: no backend has it
+            if tool.get("type") not in (None, "custom") or tool.get("defer_loading") is True:
+                # A server tool (no backend has it), or one for a tool search to load later.
+                ignored.append(_other_tool(k, tool))
                 continue
             name = _expect(tool.get("name"), (str,), f"tools[{k}].name", "a string")
             _check_fields(tool, f"tools[{k}]", {"description": _STR, "input_schema": _OBJ})
@@ -5049,10 +5064,13 @@ def _anthropic_params(body, ignored):
             params["stop"] = stops
     if body.get("thinking") is not None:
         _anthropic_thinking(body["thinking"], params)
+    effort = _nested_effort(body, "output_config", _ANTHROPIC_EFFORTS)
+    if effort is not None:
+        params["reasoning_effort"] = {"max": "xhigh"}.get(effort, effort)
     _anthropic_tools(body, params, ignored)
     if body.get("metadata") is not None:
         _expect(body["metadata"], (dict,), "metadata", "an object")
-    if body.get("mcp_servers"):
+    if body.get("mcp_servers") is not None:
         raise InvalidRequest("MCP servers in the request are not supported.",
                              param="mcp_servers")
     return params
@@ -5226,7 +5244,7 @@ class Completions(Dialect):
         _expect(prompt, (str,), "prompt", "a string")
         if not prompt:
             raise InvalidRequest("'prompt' must not be empty.", param="prompt")
-        if body.get("suffix"):
+        if body.get("suffix") not in (None, ""):
             raise InvalidRequest("'suffix' (insertion) is not supported.", param="suffix")
         best_of = _number(body, "best_of", 1, 20, integer=True)
         if best_of is not None and best_of > 1:
@@ -5237,13 +5255,8 @@ class Completions(Dialect):
         params = _sampling_params({k: v for k, v in body.items() if k != "logprobs"})
         if logprobs is not None:
             params["logprobs"] = True
-        options = body.get("stream_options")
-        include_usage = False
-        if options is not None:
-            _expect(options, (dict,), "stream_options", "an object")
-            include_usage = options.get("include_usage") is True
         return ChatRequest(model, [Message("user", (Text(prompt),))],
-                           stream=_stream_flag(body), include_usage=include_usage,
+                           stream=_stream_flag(body), include_usage=_include_usage(body),
                            params=params, session_id=_session_id(environ),
                            request_id=_new_id("cmpl-"), api=self.api,
                            echo={"prompt": prompt if echo else ""},
@@ -6149,8 +6162,7 @@ def create_embedding(bridge):
 
 def count_message_tokens(bridge):
     """POST /v1/messages/count_tokens: an estimate (no backend counts without running)."""
-    body = _json_body(bridge)
-    body = {**body, "max_tokens": 1} if isinstance(body, dict) else body
+    body = {**_json_body(bridge), "max_tokens": 1}  # (a count needs no limit)
     chat = AnthropicMessages().parse(bridge, body, bottle.request.environ)
     return _json_response({"input_tokens": count_tokens_estimate(chat, body),
                            "estimated": True}, headers={"X-Bridge-Token-Count": "estimated"})
@@ -6480,14 +6492,15 @@ def _oa_error(description, retry_after=None):
 
 
 def _oa_operation(operation_id, tag, summary, responses, description=None, parameters=None,
-                  public=False, body=None, method=None):
-    """{method: the operation}: only POST routes take a body; `public` ones need no key."""
+                  public=False, body=None, method=None, errors=""):
+    """{method: the operation}: only POST routes take a body; `public` ones need no key;
+    `errors` "Anthropic" for a route that answers errors in Anthropic's shape."""
     optional = {"description": description, "parameters": parameters,
                 "security": [] if public else None, "requestBody": body}
     # Refused before any route: a foreign Host or web page, and POST bodies not JSON.
-    refused = {"403": _oa_ref("Forbidden", "responses")}
+    refused = {"403": _oa_ref(errors + "Forbidden", "responses")}
     if body:
-        refused["415"] = _oa_ref("UnsupportedMediaType", "responses")
+        refused["415"] = _oa_ref(errors + "UnsupportedMediaType", "responses")
     return {method or ("post" if body else "get"): {
         "operationId": operation_id, "tags": [tag], "summary": summary,
         **{key: value for key, value in optional.items() if value is not None},
@@ -6519,8 +6532,8 @@ def openapi_document(version, providers=("ollama", "claude")):
                             "Ollama.", "description": about,
                  "license": {"name": "MIT", "identifier": "MIT"}},
         "security": [{"bearerAuth": []}],
-        "paths": {**_oa_chat_path(), **_oa_other_paths(providers), **_oa_session_paths(),
-                  **_oa_mcp_path()},
+        "paths": {**_oa_chat_path(), **_oa_dialect_paths(), **_oa_other_paths(providers),
+                  **_oa_session_paths(), **_oa_mcp_path()},
         "components": {
             "securitySchemes": {"bearerAuth": {
                 "type": "http", "scheme": "bearer", "description":
@@ -6544,12 +6557,17 @@ def openapi_document(version, providers=("ollama", "claude")):
                                        "in CORS_ORIGINS (code `origin_not_allowed`)."),
                 "UnsupportedMediaType": _oa_error(
                     f"A body not sent as `Content-Type: {_JSON}` (code "
-                    f"`{UnsupportedMediaType.code}`).")},
+                    f"`{UnsupportedMediaType.code}`)."),
+                "AnthropicForbidden": _oa_response("As Forbidden, in Anthropic's shape.",
+                                                   _oa_ref("AnthropicError")),
+                "AnthropicUnsupportedMediaType": _oa_response(
+                    "As UnsupportedMediaType, in Anthropic's shape.", _oa_ref("AnthropicError"))},
             "schemas": {
                 "Error": {"type": "object", "required": ["error"],
                           "additionalProperties": False, "properties": {"error": error}},
                 "CreateChatCompletionRequest": _oa_chat_request(), **_oa_message_schemas(),
-                **_oa_reply_schemas(), **_oa_service_schemas(providers)},
+                **_oa_reply_schemas(), **_oa_service_schemas(providers),
+                **_oa_dialect_requests(), **_oa_dialect_replies()},
         },
     }
 
@@ -6699,6 +6717,7 @@ def _oa_other_paths(providers):
     provider = query("provider", {"type": "string", "enum": list(providers)},
                      "Only this provider.")
     model = query("model", string, "Only this model, as clients named it.")
+    api = query("api", {"type": "string", "enum": list(APIS)}, "Only this API's requests.")
     limit = query("limit", {"type": "integer", "minimum": 1, "maximum": _RECENT_MAX,
                             "default": 50}, f"How many rows, 1 to {_RECENT_MAX}.")
     bucket = query("bucket", {"type": "string", "enum": list(UsageStore.BUCKETS),
@@ -6718,17 +6737,18 @@ def _oa_other_paths(providers):
             "`ollama/<name>`.",
             {"200": _oa_response("The models.", _oa_ref("ModelList")), **unauthorized}),
         "/v1/usage": _oa_operation(
-            "getUsage", "usage", "Totals per model and provider, busiest first.",
+            "getUsage", "usage", "Totals per model, provider and API, busiest first.",
             {"200": listing("Totals.", "UsageSummary"), **usage_errors},
-            parameters=[since, until, provider, model]),
+            parameters=[since, until, provider, model, api]),
         "/v1/usage/recent": _oa_operation(
             "getRecentUsage", "usage", "The latest usage rows, newest first.",
-            {"200": listing("Rows.", "UsageRow"), **usage_errors}, parameters=[limit, since]),
+            {"200": listing("Rows.", "UsageRow"), **usage_errors},
+            parameters=[limit, since, api]),
         "/v1/usage/timeseries": _oa_operation(
             "getUsageTimeseries", "usage",
             "Sums per minute, hour or day, oldest first (only buckets with requests).",
             {"200": listing("Buckets.", "UsageBucket"), **usage_errors},
-            parameters=[bucket, since, until, provider, model]),
+            parameters=[bucket, since, until, provider, model, api]),
         "/health": _oa_operation(
             "getHealth", "service", "Whether the bridge can serve; never needs a key.",
             {"200": _oa_response("The state (also when degraded).", {"oneOf": [
@@ -6979,7 +6999,9 @@ def _oa_service_schemas(providers):
                 "description": "held: the turn continued a Claude run that waited for the "
                 "client's tool results; rebuilt: that run was gone, so a new one got the "
                 "whole history; forked: a regenerated or edited message, resumed from where "
-                "a Claude session holds the history before it."}}
+                "a Claude session holds the history before it."},
+        "api": {"type": "string", "enum": list(APIS), "description": "The API the request "
+                "came in by."}}
     return {
         "Model": _oa_record({
             "id": {"type": "string", "examples": ["claude-code", "ollama/llama3.2:latest"]},
@@ -6992,6 +7014,7 @@ def _oa_service_schemas(providers):
         "UsageSummary": _oa_record({
             "model": nullable("string", description="null only for rows migrated without "
                               "one."), "provider": "string?",
+            "api": {"type": "string", "enum": list(APIS)},
             "requests": {"type": "integer", "minimum": 1},
             "errors": {"type": "integer", "minimum": 0,
                        "description": "Requests whose outcome was not ok."},
@@ -7020,6 +7043,286 @@ def _oa_service_schemas(providers):
                     "ollama": _oa_record({"ok": "boolean", "url": "string",
                                           "version": "string?", "error": "string?"})}},
             "database": _oa_record({"path": "string", "ok": "boolean", "error": "string?"})}),
+    }
+
+
+def _oa_anthropic_errors():
+    return {str(status): _oa_response(what, _oa_ref("AnthropicError")) for status, what in (
+        (400, "A bad field (Anthropic's invalid_request_error)."),
+        (401, "Missing or wrong key: `x-api-key` or `Authorization: Bearer`."),
+        (404, "An `ollama/<name>` model Ollama does not have."), (413, "Too large."),
+        (429, "No free Claude slot in time, or Anthropic's rate limit."),
+        (502, "The backend failed."), (503, "A backend is busy or missing."),
+        (504, "A timeout passed."))}
+
+
+def _oa_dialect_paths():
+    """The Responses, Messages, completions and embeddings routes."""
+    unauthorized = {"401": _oa_ref("Unauthorized", "responses")}
+    common = {"400": _oa_ref("BadRequest", "responses"), **unauthorized,
+              "404": _oa_error("An `ollama/<name>` model Ollama does not have (code "
+                               "`model_not_found`)."),
+              "413": _oa_error("The body is larger than MAX_BODY_MB."),
+              "429": _oa_error("No free Claude slot in time, or Anthropic's rate limit."),
+              "502": _oa_error("The backend failed."), "503": _oa_error("A backend is busy "
+                                                                       "or missing."),
+              "504": _oa_error("A timeout passed.")}
+    anthropic = _oa_anthropic_errors()
+    def reply(what, schema, stream_what):
+        out = _oa_response(what, _oa_ref(schema))
+        out["content"]["text/event-stream"] = {"schema": _oa_ref(schema + "StreamEvent")}
+        out["content"]["text/event-stream"]["schema"]["description"] = stream_what
+        return out
+
+    def body(schema):
+        return {"required": True, "content": {_JSON: {"schema": _oa_ref(schema)}}}
+    response_id = {"name": "response_id", "in": "path", "required": True,
+                   "schema": {"type": "string"}, "description": "A stored response's id."}
+    missing = {"404": _oa_error("No stored response of this key with that id."),
+               **unauthorized}
+    return {
+        "/v1/responses": _oa_operation(
+            "createResponse", "responses", "OpenAI's Responses API over the same backends.",
+            {"200": reply("The response object, or its typed events with `stream: true`.",
+                          "Response", "response.created, response.in_progress, "
+                          "response.output_item.added/done, response.content_part.added/"
+                          "done, response.output_text.delta/done, response.function_call_"
+                          "arguments.delta/done, response.reasoning_summary_*, then "
+                          "response.completed (or .incomplete, or .failed)."), **common},
+            description="Stored (unless `store: false`) for previous_response_id, GET and "
+                        "DELETE, up to RESPONSES_MAX. One usage row (api `responses`).",
+            body=body("CreateResponseRequest")),
+        "/v1/responses/{response_id}": {
+            **_oa_operation("getResponse", "responses", "A stored response.",
+                            {"200": _oa_response("The response.", _oa_ref("Response")),
+                             **missing}, parameters=[response_id]),
+            **_oa_operation("deleteResponse", "responses", "Forget a stored response.",
+                            {"200": _oa_response("Forgotten.", _oa_record({
+                                "id": "string", "object": {"const": "response"},
+                                "deleted": {"const": True}})), **missing},
+                            parameters=[response_id], method="delete")},
+        "/v1/messages": _oa_operation(
+            "createMessage", "messages", "Anthropic's Messages API over the same backends.",
+            {"200": reply("The message, or its events with `stream: true`.",
+                          "AnthropicMessage", "message_start, content_block_start/delta/"
+                          "stop, ping, message_delta, message_stop; `error` on failure."),
+             **anthropic},
+            description="Errors are Anthropic's `{\"type\": \"error\", ...}`. One usage row "
+                        "(api `messages`).", body=body("CreateMessageRequest"),
+            errors="Anthropic"),
+        "/v1/messages/count_tokens": _oa_operation(
+            "countMessageTokens", "messages", "An estimate of a request's input tokens.",
+            {"200": _oa_response("The estimate (no backend counts without running the "
+                                 "model: about 4 characters a token).", _oa_record({
+                                     "input_tokens": {"type": "integer", "minimum": 1},
+                                     "estimated": {"const": True}}),
+                                 **{"X-Bridge-Token-Count": {"schema": {
+                                     "const": "estimated"}}}),
+             "400": anthropic["400"], "401": anthropic["401"], "413": anthropic["413"]},
+            body=body("CountTokensRequest"), errors="Anthropic"),
+        "/v1/completions": _oa_operation(
+            "createCompletion", "completions", "OpenAI's legacy completions: the prompt goes "
+            "to the model as one user message.",
+            {"200": reply("A text_completion, or its chunks ending with `data: [DONE]`.",
+                          "TextCompletion", "text_completion chunks, then `data: [DONE]`."),
+             **common}, body=body("CreateCompletionRequest")),
+        "/v1/embeddings": _oa_operation(
+            "createEmbedding", "embeddings", "Embeddings from an Ollama model (Claude has "
+            "none: a 400).", {"200": _oa_response("The vectors.", _oa_ref("EmbeddingList")),
+                              **common}, body=body("CreateEmbeddingRequest")),
+    }
+
+
+def _oa_dialect_requests():
+    """What the Responses, Messages, completions and embeddings dialects accept."""
+    nullable = _oa_nullable
+    chat = _oa_chat_request()["properties"]
+    model = chat["model"]
+    objects = {"type": "array", "items": {"type": "object"}}
+    many = {"minimum": 1, "maximum": 10_000_000}
+    schema_format = _oa_object(["type", "name", "schema"], {
+        "type": {"const": "json_schema"}, "name": "string", "schema": "object",
+        "strict": "boolean?", "description": "string"})
+    messages = {"type": "array", "minItems": 1, "items": _oa_object(["role", "content"], {
+        "role": {"enum": ["user", "assistant"]},
+        "content": {"oneOf": [{"type": "string"}, objects]}})}
+    anthropic = {
+        "model": {**model, "type": "string", "anyOf": model["anyOf"][1:]},
+        "system": {"oneOf": [{"type": "null"}, {"type": "string"}, objects]},
+        "messages": messages, "stream": "boolean?",
+        "tools": {"oneOf": [{"type": "null"}, objects]},
+        "tool_choice": "object?", "thinking": "object?", "metadata": "object?",
+        "mcp_servers": {"type": "null", "description": "Not supported."}}
+    return {
+        "CreateResponseRequest": _oa_object(["input"], {
+            "model": model,
+            "input": {"oneOf": [{"type": "string"}, objects]},
+            "instructions": "string?", "stream": "boolean?", "store": "boolean?",
+            "previous_response_id": "string?", "metadata": "object?",
+            "temperature": chat["temperature"], "top_p": chat["top_p"],
+            "top_logprobs": chat["top_logprobs"],
+            "max_output_tokens": nullable("integer", **many),
+            "reasoning": {"type": ["object", "null"], "properties": {
+                "effort": {"enum": [None, *_REASONING_EFFORTS]}}},
+            "tools": {"oneOf": [{"type": "null"}, objects], "description": "Function tools; "
+                      "others are named in X-Bridge-Ignored-Params."},
+            "tool_choice": {"oneOf": [
+                {"type": "null"}, {"type": "string", "enum": ["none", "auto", "required"]},
+                _oa_object(["type", "name"], {"type": {"const": "function"},
+                                              "name": "string"})]},
+            "parallel_tool_calls": "boolean?",
+            "text": {"type": ["object", "null"], "properties": {"format": {"oneOf": [
+                {"type": "null"}, _oa_object(["type"], {"type": {"enum": ["text",
+                                                                          "json_object"]}}),
+                schema_format]}}},
+            "background": {"enum": [None, False], "description": "Not supported."},
+            "conversation": {"type": "null", "description": "Not supported."},
+            "prompt": {"type": "null", "description": "Not supported."}},
+            "Fields not listed are ignored."),
+        "CreateMessageRequest": _oa_object(["model", "max_tokens", "messages"], {
+            **anthropic, "max_tokens": {"type": "integer", **many},
+            "stop_sequences": nullable("array", items={"type": "string", "minLength": 1}),
+            "temperature": nullable("number", minimum=0, maximum=1),
+            "top_p": nullable("number", minimum=0, maximum=1),
+            "top_k": nullable("integer", minimum=0, maximum=1_000_000)},
+            "Fields not listed are ignored."),
+        "CountTokensRequest": _oa_object(["model", "messages"], anthropic),
+        "CreateCompletionRequest": _oa_object(["prompt"], {
+            "model": model, "prompt": {"oneOf": [
+                {"type": "string", "minLength": 1},
+                {"type": "array", "minItems": 1, "maxItems": 1,
+                 "items": {"type": "string", "minLength": 1}}]},
+            **{name: chat[name] for name in (
+                "stream", "stream_options", "n", "temperature", "top_p", "presence_penalty",
+                "frequency_penalty", "seed", "logit_bias", "max_tokens", "stop", "user")},
+            "echo": "boolean?", "suffix": {"enum": [None, ""], "description": "Not supported."},
+            "best_of": nullable("integer", minimum=1, maximum=1),
+            "logprobs": nullable("integer", minimum=0, maximum=5, description="Not "
+                                 "supported: named in X-Bridge-Ignored-Params.")},
+            "Fields not listed are ignored."),
+        "CreateEmbeddingRequest": _oa_object(["input"], {
+            "model": model, "input": {"oneOf": [
+                {"type": "string", "minLength": 1},
+                {"type": "array", "minItems": 1, "maxItems": _EMBED_INPUTS_MAX,
+                 "items": {"type": "string", "minLength": 1}}],
+                "description": "Text only (token arrays are a 400)."},
+            "encoding_format": {"enum": [None, "float", "base64"]},
+            "dimensions": nullable("integer", minimum=1, maximum=65536),
+            "user": "string?"}, "Fields not listed are ignored."),
+    }
+
+
+def _oa_stream_schemas(usage):
+    """One event of each dialect's stream."""
+    def named(names):
+        """One named Server-Sent Event whose data is a JSON object of that type."""
+        return _oa_object(["event", "data"], {"event": {"enum": names}, "data": {
+            "type": "string", "contentMediaType": _JSON, "contentSchema": _oa_object(
+                ["type"], {"type": {"enum": names}})}})
+    null = {"type": "null"}
+    choice = _oa_record({"text": "string", "index": {"const": 0}, "logprobs": null,
+                         "finish_reason": {"enum": [None, "stop", "length"]}})
+    chunk = _oa_record({
+        "id": {"type": "string", "pattern": "^cmpl-[0-9a-f]{24}$"},
+        "object": {"const": "text_completion"}, "created": "integer", "model": "string",
+        "system_fingerprint": null, "choices": {"type": "array", "maxItems": 1,
+                                                "items": choice}, "usage": usage},
+        required=["id", "object", "created", "model", "system_fingerprint", "choices"])
+    return {
+        "ResponseStreamEvent": named(_RESPONSE_EVENTS),
+        "AnthropicMessageStreamEvent": named(_MESSAGE_EVENTS),
+        "TextCompletionStreamEvent": _oa_object(["data"], {
+            "event": {"const": "message"}, "data": {"anyOf": [{"const": "[DONE]"}, {
+                "type": "string", "contentMediaType": _JSON, "contentSchema": {
+                    "oneOf": [chunk, _oa_ref("Error")]}}]}}),
+    }
+
+
+_RESPONSE_EVENTS = [f"response.{name}" for name in (
+    "created", "in_progress", "completed", "incomplete", "failed", "output_item.added",
+    "output_item.done", "content_part.added", "content_part.done", "output_text.delta",
+    "output_text.done", "function_call_arguments.delta", "function_call_arguments.done",
+    "reasoning_summary_part.added", "reasoning_summary_part.done",
+    "reasoning_summary_text.delta", "reasoning_summary_text.done")]
+_MESSAGE_EVENTS = ["message_start", "content_block_start", "content_block_delta",
+                   "content_block_stop", "message_delta", "message_stop", "ping", "error"]
+
+
+def _oa_dialect_replies():
+    """What the Responses, Messages, completions and embeddings dialects answer."""
+    null, text = {"type": "null"}, {"type": "string"}
+    tokens = ("prompt_tokens", "completion_tokens", "total_tokens")
+    usage = _oa_record({**_oa_sums(*tokens),
+                        "prompt_tokens_details": _oa_record(_oa_sums("cached_tokens"))})
+    output_text = _oa_record({"type": {"const": "output_text"}, "text": "string",
+                              "annotations": {"type": "array", "maxItems": 0},
+                              "logprobs": {"type": "array", "maxItems": 0}})
+    item = {"oneOf": [
+        _oa_record({"id": {"type": "string", "pattern": "^msg_"}, "type": {"const": "message"},
+                    "status": {"enum": ["completed", "incomplete"]},
+                    "role": {"const": "assistant"},
+                    "content": {"type": "array", "items": output_text}}),
+        _oa_record({"id": {"type": "string", "pattern": "^fc_"},
+                    "type": {"const": "function_call"}, "status": {"const": "completed"},
+                    "call_id": "string", "name": "string", "arguments": "string"}),
+        _oa_record({"id": {"type": "string", "pattern": "^rs_"}, "type": {"const": "reasoning"},
+                    "summary": {"type": "array", "items": _oa_record({
+                        "type": {"const": "summary_text"}, "text": "string"})}})]}
+    response = {
+        "id": {"type": "string", "pattern": _oa_pattern(_RESPONSE_ID)},
+        "object": {"const": "response"}, "created_at": "integer",
+        "status": {"enum": ["completed", "incomplete"]}, "background": {"const": False},
+        "error": null, "incomplete_details": {"oneOf": [null, _oa_record({
+            "reason": {"const": "max_output_tokens"}})]},
+        "instructions": "string?", "max_output_tokens": "integer?", "model": "string",
+        "output": {"type": "array", "items": item}, "parallel_tool_calls": "boolean",
+        "previous_response_id": "string?", "reasoning": "object", "store": "boolean",
+        "temperature": "number?", "text": "object", "tool_choice": {},
+        "tools": {"type": "array", "items": {"type": "object"}}, "top_p": "number?",
+        "truncation": {"const": "disabled"}, "user": null, "metadata": "object",
+        "usage": _oa_record({
+            "input_tokens": {"type": "integer", "minimum": 0},
+            "input_tokens_details": _oa_record(_oa_sums("cached_tokens",
+                                                        "cache_write_tokens")),
+            "output_tokens": {"type": "integer", "minimum": 0},
+            "output_tokens_details": _oa_record(_oa_sums("reasoning_tokens")),
+            "total_tokens": {"type": "integer", "minimum": 0}})}
+    block = {"oneOf": [
+        _oa_record({"type": {"const": "text"}, "text": "string"}),
+        _oa_record({"type": {"const": "thinking"}, "thinking": "string",
+                    "signature": "string"}),
+        _oa_record({"type": {"const": "tool_use"}, "id": "string", "name": "string",
+                    "input": "object"})]}
+    return {
+        **_oa_stream_schemas(usage),
+        "Response": _oa_record(response, "A Responses API response."),
+        "AnthropicMessage": _oa_record({
+            "id": {"type": "string", "pattern": "^msg_[0-9a-f]{24}$"},
+            "type": {"const": "message"}, "role": {"const": "assistant"}, "model": "string",
+            "content": {"type": "array", "items": block},
+            "stop_reason": {"enum": ["end_turn", "max_tokens", "tool_use", "stop_sequence"]},
+            "stop_sequence": "string?",
+            "usage": _oa_record(_oa_sums("input_tokens", "output_tokens",
+                                         "cache_read_input_tokens",
+                                         "cache_creation_input_tokens"))}),
+        "AnthropicError": _oa_record({"type": {"const": "error"}, "error": _oa_record({
+            "type": {"enum": sorted({*_ANTHROPIC_ERRORS.values(), "invalid_request_error",
+                                     "api_error"})}, "message": text})}),
+        "TextCompletion": _oa_record({
+            "id": {"type": "string", "pattern": "^cmpl-[0-9a-f]{24}$"},
+            "object": {"const": "text_completion"}, "created": "integer", "model": "string",
+            "system_fingerprint": null, "choices": {
+                "type": "array", "minItems": 1, "maxItems": 1, "items": _oa_record({
+                    "text": "string", "index": {"const": 0}, "logprobs": null,
+                    "finish_reason": {"enum": ["stop", "length"]}})},
+            "usage": usage}),
+        "EmbeddingList": _oa_record({
+            "object": {"const": "list"}, "model": "string",
+            "data": {"type": "array", "items": _oa_record({
+                "object": {"const": "embedding"}, "index": {"type": "integer", "minimum": 0},
+                "embedding": {"oneOf": [{"type": "array", "items": {"type": "number"}},
+                                        {"type": "string", "contentEncoding": "base64"}]}})},
+            "usage": _oa_record(_oa_sums("prompt_tokens", "total_tokens"))}),
     }
 
 

@@ -41,7 +41,10 @@ scenarios (the first marker in the text wins):
 
 With ``tools`` in the request, ``[tool:NAME]`` or ``[tool:NAME:{json object}]`` in
 the last user message (several allowed) turn the reply into tool calls, sent
-whole in one chunk with content "".
+whole in one chunk with content "".  Once tool results (role "tool" messages) follow
+that user message, the markers are done with: the fake answers with its ECHO text, as a
+model does with the results it asked for (a client that runs the tools and sends the
+results back gets one round trip, not a loop).
 
 Embeddings (see the "Ollama: POST /api/embed" section of wire-formats.md).  A
 model embeds when add_model(..., embedding=True) said so, or (embedding=None,
@@ -553,10 +556,12 @@ class _Handler(BaseHTTPRequestHandler):
                 "done_reason": "load", "done": True})
 
         last_user = ""
+        answered = False  # tool results came after the last user message
         for m in reversed(messages):
             if m.get("role") == "user":
                 last_user = m.get("content") or ""
                 break
+            answered = answered or m.get("role") == "tool"
         n_images = sum(len(m.get("images") or []) for m in messages)
 
         scenario, params = _find_scenario(last_user)
@@ -568,7 +573,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_error(400, ERR_BADREQ)
 
         options = body.get("options") or {}
-        tool_calls = _find_tool_calls(last_user) if body.get("tools") else []
+        tool_calls = (_find_tool_calls(last_user)
+                      if body.get("tools") and not answered else [])
 
         gap = 0.0
         if scenario in ("slow", "stamped"):

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import sqlite3
+import signal
 import subprocess
 import sys
 import threading
@@ -263,3 +264,28 @@ def fake_api(tmp_path, monkeypatch):
         monkeypatch.setenv(name, value)
     yield api
     api.stop()
+
+
+def run_program(argv, cwd, env, timeout, what):
+    """Run a real client program (stdin closed, its own process group): (returncode,
+    stdout, stderr). On a timeout the test fails; the group (a tool's shell too) is always
+    killed and reaped."""
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{what} timed out after {timeout}s\nstdout:\n{out[-4000:]}\n"
+                    f"stderr:\n{err[-4000:]}")
+    finally:
+        if proc.poll() is None:  # an exception other than the timeout
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        try:  # anything it left in its group
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return proc.returncode, out, err

@@ -1,9 +1,12 @@
 """The backend contract holds: a third backend, defined here and registered through
 bridge.Backend alone, shows up everywhere the two built-in ones do, with no edit to
 bridge.py: routing, /v1/models, /health, /metrics, usage rows, the usage API's provider
-filter, /openapi.json and the dashboard (in headless Chromium)."""
+filter, /openapi.json, the dashboard (in headless Chromium) and every API dialect."""
 import re
 
+import anthropic
+import openai
+import pytest
 import requests
 
 import bridge
@@ -83,7 +86,7 @@ def test_a_registered_backend_serves_its_models_through_every_route(start):
     assert set(health["backends"]) == {"echo", "ollama", "claude"}
     metrics = requests.get(br.url + "/metrics", headers=key, timeout=10).text
     assert "bridge_echo_calls 2" in metrics.splitlines()
-    assert 'provider="echo",outcome="ok"' in metrics
+    assert 'provider="echo",api="chat",outcome="ok"' in metrics
 
     assert [r["provider"] for r in br.rows()] == ["echo", "echo", "claude"]
     usage = requests.get(br.url + "/v1/usage?provider=echo", headers=key, timeout=10).json()
@@ -97,6 +100,24 @@ def test_a_registered_backend_serves_its_models_through_every_route(start):
 
     br.app.bridge.end_children()
     assert echo.stopped
+
+
+def test_a_registered_backend_speaks_every_dialect(start):
+    """No dialect knows a backend: one registered in a test serves them all."""
+    br, echo = with_echo(start)
+    client = br.client()
+    assert client.responses.create(model="echo/words", input="r s").output_text == "r s "
+    message = anthropic.Anthropic(base_url=br.url, api_key="x", max_retries=0).messages.create(
+        model="echo/words", max_tokens=9, messages=[{"role": "user", "content": "m n"}])
+    assert message.content[0].text == "m n " and message.usage.output_tokens == 2
+    assert client.completions.create(model="echo/words", prompt="c d").choices[0].text == \
+        "c d "
+    with pytest.raises(openai.BadRequestError) as err:
+        client.embeddings.create(model="echo/words", input="e", encoding_format="float")
+    assert err.value.body["code"] == "embeddings_not_supported"
+    assert [(r["provider"], r["api"]) for r in br.rows()] == [
+        ("echo", "responses"), ("echo", "messages"), ("echo", "completions"),
+        ("echo", "embeddings")]
 
 
 def test_a_registered_backends_rows_show_on_the_dashboard(start, page):  # noqa: F811

@@ -17,14 +17,12 @@ Outside CI the tests skip when it is missing; in CI (CI set) that is a failure, 
 """
 import json
 import os
-import signal
-import subprocess
 from pathlib import Path
 
 import pytest
 import requests
 
-from testkit.harness import prompt_of
+from testkit.harness import prompt_of, run_program
 
 CODEX_VERSION = "0.171.0"
 CODEX = Path.home() / ".cache/claude-bridge/codex/node_modules/.bin/codex"
@@ -69,20 +67,7 @@ stream_idle_timeout_ms = 60000
                BRIDGE_KEY=br.settings.claude_auth_key or "unused", NO_COLOR="1")
     argv = [codex, "exec", "--skip-git-repo-check",
             "--dangerously-bypass-approvals-and-sandbox", "--color", "never", prompt]
-    proc = subprocess.Popen(argv, cwd=work, env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"codex exec timed out after {TIMEOUT}s\nstdout:\n{out}\nstderr:\n{err}")
-    finally:
-        if proc.poll() is None:  # an exception other than the timeout
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return proc.returncode, out, err
+    return run_program(argv, work, env, TIMEOUT, "codex exec")
 
 
 def responses_rows(br):

@@ -139,18 +139,18 @@ def test_rows_render_in_totals_models_recent_and_chart(start, page):
     by_model = {c[0]: c for c in cells}
     assert set(by_model) == {"claude-code", HOSTILE}
     cc = by_model["claude-code"]
-    assert len(cc) == 10 and cc[1] == "claude" and cc[2:4] == ("2", "1")
+    assert len(cc) == 11 and cc[1:3] == ("claude", "chat") and cc[3:5] == ("2", "1")
     want = next(r for r in usage if r["model"] == "claude-code")
-    assert cc[4:8] == tuple(f"{want[k]:,}" for k in (
+    assert cc[5:9] == tuple(f"{want[k]:,}" for k in (
         "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens"))
-    assert re.fullmatch(r"[\d,]+", cc[9])
+    assert re.fullmatch(r"[\d,]+", cc[10])
 
     # The recent list, newest first.
     recent = pg.locator("#recent tbody tr")
     expect(recent).to_have_count(3)
     assert recent.locator("td.model").all_text_contents() == [HOSTILE, "claude-code", "claude-code"]
     assert recent.nth(2).locator(".badge").text_content() == "ok"
-    assert recent.nth(1).locator("td").nth(4).text_content() == "502"
+    assert recent.nth(1).locator("td").nth(5).text_content() == "502"
 
     # The chart: an SVG with bars, a token line and labelled axes.
     svg = pg.locator("#chart svg")
@@ -367,3 +367,24 @@ def test_sessions_panel_lists_sessions_and_filters_the_recent_requests(start, pa
     expect(pg.locator("#recent-caption")).to_have_text("session " + sessions[1]["id"])
     rows.nth(1).click()
     expect(pg.locator("#recent tbody tr")).to_have_count(3)
+
+
+def test_the_api_filter_refetches_only_that_api(start, page):
+    br = start()
+    seed(br)  # three chat completions
+    resp = requests.post(br.url + "/v1/responses", timeout=30,
+                         json={"model": "claude-code", "input": "from the Responses API"})
+    assert resp.status_code == 200, resp.text
+    pg = page.page
+    open_dashboard(page, br)
+    expect(pg.locator("#recent tbody tr")).to_have_count(4)
+    pg.select_option("#api", "responses")
+    assert wait_until(lambda: all(any("api=responses" in u for u in page.api_urls(route))
+                                  for route in ("/v1/usage", "/v1/usage/recent",
+                                                "/v1/usage/timeseries")))
+    expect(pg.locator("#recent tbody tr")).to_have_count(1)
+    expect(pg.locator("#total-requests")).to_have_text("1")
+    cells = pg.locator("#models tbody tr").first.locator("td").all_text_contents()
+    assert cells[:3] == ["claude-code", "claude", "responses"]
+    pg.select_option("#api", "")
+    expect(pg.locator("#recent tbody tr")).to_have_count(4)

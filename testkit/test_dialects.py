@@ -461,3 +461,67 @@ def test_v8_database_gets_the_api_column(tmp_path, start):
     assert [(s["model"], s["api"], s["prompt_tokens"]) for s in summary] == [
         ("sonnet", "chat", 7)]
 
+
+
+def test_messages_take_what_claude_code_sends(with_ollama, ollama_fake):
+    """Claude Code's own body (captured from 2.1.332): system blocks with cache_control, a
+    `system` message last, a deferred tool, adaptive thinking, output_config, metadata."""
+    body = {"model": "ollama/llama3.2", "max_tokens": 32000, "stream": True,
+            "system": [{"type": "text", "text": "You are Claude Code.",
+                        "cache_control": {"type": "ephemeral"}}],
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "hi there",
+                                                       "cache_control": {"type": "ephemeral"}}]},
+                         {"role": "system", "content": "A reminder."}],
+            "tools": [ANTHROPIC_WEATHER, {"name": "DeferredToolPlaceholder",
+                                          "input_schema": {"type": "object"},
+                                          "defer_loading": True}],
+            "thinking": {"type": "adaptive"}, "output_config": {"effort": "high"},
+            "context_management": {"edits": []},
+            "metadata": {"user_id": "{\"device\": \"x\"}"}}
+    resp = requests.post(f"{with_ollama.url}/v1/messages?beta=true", json=body, timeout=30,
+                         stream=True, headers={"anthropic-version": "2023-06-01"})
+    events = [data for _, data in named_events(resp)]
+    assert resp.headers["X-Bridge-Ignored-Params"] == "reasoning_effort, tools[1] (deferred)"
+    text = "".join(e["delta"]["text"] for e in events if e["type"] == "content_block_delta")
+    assert text.startswith("ECHO") and text.endswith("last=hi there")
+    sent = ollama_fake.last_chat()
+    assert [(m["role"], m["content"]) for m in sent["messages"]] == [
+        ("system", "You are Claude Code."), ("system", "A reminder."), ("user", "hi there")]
+    assert [t["function"]["name"] for t in sent["tools"]] == ["get_weather"]
+
+
+def test_foreign_hosts_and_bodies_get_each_apis_error(br):
+    for path, shape in (("/v1/messages", "anthropic"), ("/v1/responses", "openai"),
+                        ("/v1/embeddings", "openai"), ("/v1/completions", "openai")):
+        resp = requests.post(br.url + path, json={}, timeout=10,
+                             headers={"Host": "evil.example"})
+        assert resp.status_code == 403
+        resp2 = requests.post(br.url + path, data="{}", timeout=10,
+                              headers={"Content-Type": "text/plain"})
+        assert resp2.status_code == 415
+        for r in (resp, resp2):
+            if shape == "anthropic":
+                assert r.json()["type"] == "error" and r.json()["error"]["message"]
+            else:
+                assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+    assert not br.rows() and not br.chat_runs()  # none reached a backend
+
+
+def test_token_limits_end_each_api_its_own_way(br):
+    """The same cut (the fake CLI answers one word a token) in each API's words."""
+    client = br.client()
+    response = client.responses.create(model="claude-code", input="say a lot",
+                                       max_output_tokens=3)
+    assert response.status == "incomplete"
+    assert response.incomplete_details.reason == "max_output_tokens"
+    assert response.output[0].status == "incomplete"
+    with client.responses.stream(model="claude-code", input="say more",
+                                 max_output_tokens=3) as stream:
+        events = [e.type for e in stream]
+    assert events[-1] == "response.incomplete"
+    message = claude_client(br).messages.create(model="claude-code", max_tokens=3,
+                                                messages=[{"role": "user", "content": "go"}])
+    assert message.stop_reason == "max_tokens" and message.usage.output_tokens == 3
+    done = client.completions.create(model="claude-code", prompt="go", max_tokens=3)
+    assert done.choices[0].finish_reason == "length"
+    assert len(done.choices[0].text.split()) == 3

@@ -147,6 +147,24 @@ def test_tool_calls_stream_arrive_whole_in_one_chunk(fake, client):
     assert parts[-1].done and parts[-1].done_reason == "stop"
 
 
+def test_tool_results_after_the_marker_get_text(fake, client):
+    ask = {"role": "user", "content": '[tool:get_weather:{"city": "Oslo"}]'}
+    call = {"role": "assistant", "content": "",
+            "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]}
+    result = {"role": "tool", "content": "sunny", "tool_name": "get_weather"}
+    r = client.chat(model="llama3.2", tools=TOOLS, stream=False,
+                    messages=[ask, call, result])
+    assert r.message.tool_calls is None
+    assert r.message.content == f"ECHO model=llama3.2 msgs=3 images=0 last={ask['content']}"
+    # A system message after the results changes nothing; a new user turn asks again.
+    r = client.chat(model="llama3.2", tools=TOOLS, stream=False,
+                    messages=[ask, call, result, {"role": "system", "content": "note"}])
+    assert r.message.tool_calls is None
+    r = client.chat(model="llama3.2", tools=TOOLS, stream=False,
+                    messages=[ask, call, result, {"role": "assistant", "content": "ok"}, ask])
+    assert [c.function.name for c in r.message.tool_calls] == ["get_weather"]
+
+
 def test_tool_marker_without_tools_is_plain_text(client):
     r = client.chat(model="llama3.2", messages=user("[tool:x]"), stream=False)
     assert r.message.tool_calls is None and r.message.content.endswith("last=[tool:x]")

@@ -116,6 +116,7 @@ def readme_bridge(tmp_path_factory):
     from testkit import fake_ollama
     tmp = tmp_path_factory.mktemp("readme")
     ollama = fake_ollama.start()
+    ollama.add_model("nomic-embed-text")  # the embeddings example's
     with pytest.MonkeyPatch.context() as mp:
         # The fake CLI inherits the bridge's environment: its sessions and logs go here.
         mp.setenv("CLAUDE_CONFIG_DIR", str(tmp / "claude-config"))
