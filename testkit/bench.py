@@ -6,6 +6,11 @@
     python testkit/bench.py tools [--rounds 3] [--runs 3] [--real-cli PATH]
     python testkit/bench.py idle-memory [--concurrency 4] [--real-cli PATH]
     python testkit/bench.py chat-ui [--turns 5] [--runs 3] [--pause 1] [--real-cli PATH]
+    python testkit/bench.py dialects [--requests 1000]
+
+dialects: the same non-streamed Ollama turn (fake Ollama in its own process) through chat
+completions, Responses (with and without storing the response), Anthropic Messages and
+legacy completions, interleaved in one run: p50/p95, requests per second, p50 against chat.
 
 overhead: the bridge (`python bridge.py` in its own process) against a fast fake Ollama
 (another process), side by side with the same client calling that fake directly, in one
@@ -409,6 +414,51 @@ def overhead(args):
         print(f"RSS of the bridge: idle {idle_rss:.1f} MiB as `python bridge.py`, "
               f"{module_rss:.1f} MiB as `python -m bridge`; with 1,000 live sessions "
               f"{_rss_mib(proc.pid):.1f} MiB")
+    finally:
+        proc.terminate()
+        proc.wait()
+        fake.terminate()
+        fake.wait()
+
+
+def dialects(args):
+    """The same Ollama turn through each API: what a dialect costs over chat completions."""
+    tmp = tempfile.mkdtemp(prefix="bench-dialects-")
+    fake = subprocess.Popen([sys.executable, str(ROOT / "testkit" / "fake_ollama.py"),
+                             "--port", "0"], stdout=subprocess.PIPE, text=True)
+    fake_url = fake.stdout.readline().split()[-1]
+    env = {**os.environ, "PORT": "0", "OLLAMA_URL": fake_url, "CLAUDE_WORKDIR": tmp,
+           "USAGE_DB_PATH": os.path.join(tmp, "usage.db"), "LOG_REQUESTS": "false"}
+    proc, port = _start_bridge([sys.executable, str(ROOT / "bridge.py")], env)
+    model, text = "ollama/llama3.2", "hello there"
+    cells = {
+        "chat": ("/v1/chat/completions", {"model": model, "messages": [
+            {"role": "user", "content": text}]}),
+        "responses": ("/v1/responses", {"model": model, "input": text, "store": False}),
+        "responses+store": ("/v1/responses", {"model": model, "input": text}),
+        "messages": ("/v1/messages", {"model": model, "max_tokens": 100, "messages": [
+            {"role": "user", "content": text}]}),
+        "completions": ("/v1/completions", {"model": model, "prompt": text}),
+    }
+    try:
+        time.sleep(0.5)
+        for path, body in cells.values():
+            _load(port, path, json.dumps(body).encode(), 100, 4)  # warm-up
+        print(f"non-streamed Ollama turn, {args.requests} requests per cell over 4 "
+              "connections, interleaved twice")
+        results = {}
+        for _ in range(2):
+            for name, (path, body) in cells.items():
+                lat, secs = _load(port, path, json.dumps(body).encode(), args.requests, 4)
+                results.setdefault(name, []).append((lat, secs))
+        base = None
+        for name in cells:
+            lat = [x for run in results[name] for x in run[0]]
+            rps = len(lat) / sum(run[1] for run in results[name])
+            base = base or _pct(lat, .5)
+            print(f"{name:16} p50 {_pct(lat, .5):6.2f} ms  p95 "
+                  f"{_pct(lat, .95):6.2f} ms  {rps:6.0f} req/s  "
+                  f"p50/chat {_pct(lat, .5) / base:.2f}x")
     finally:
         proc.terminate()
         proc.wait()
@@ -1086,6 +1136,8 @@ def main():
     im.add_argument("--concurrency", type=int, default=int(
         next(s.default for s in bridge.SETTINGS if s.name == "CLAUDE_MAX_CONCURRENCY")))
     im.add_argument("--real-cli", default=None)
+    dl = sub.add_parser("dialects")
+    dl.add_argument("--requests", type=int, default=1000)
     cu = sub.add_parser("chat-ui")
     cu.add_argument("--turns", type=int, default=5)
     cu.add_argument("--runs", type=int, default=3)
@@ -1094,7 +1146,7 @@ def main():
     cu.add_argument("--real-cli", default=None)
     args = parser.parse_args()
     {"first-byte": first_byte, "usage": usage, "overhead": overhead, "tools": tools,
-     "idle-memory": idle_memory, "chat-ui": chat_ui}[args.command](args)
+     "idle-memory": idle_memory, "chat-ui": chat_ui, "dialects": dialects}[args.command](args)
 
 
 if __name__ == "__main__":
