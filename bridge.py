@@ -1056,7 +1056,12 @@ class UsageStore:
         if not self._read("SELECT 1 FROM responses WHERE id = ? AND owner = ?",
                           (response_id, owner)):
             return False
-        return self._write((("DELETE FROM responses WHERE id = ?", (response_id,)),))
+        # Its text must not linger in free pages, nor in the write-ahead log.
+        done = self._write((("PRAGMA secure_delete = ON", ()),
+                            ("DELETE FROM responses WHERE id = ?", (response_id,)),
+                            ("PRAGMA secure_delete = OFF", ())))
+        self._read("PRAGMA wal_checkpoint(TRUNCATE)")
+        return done
 
     def claude_session_count(self):
         """Client sessions remembered."""

@@ -3,6 +3,7 @@ completions and embeddings, driven by the official SDKs in strict mode (where th
 it) against the real server, with the fake Claude CLI and the fake Ollama."""
 import base64
 import json
+import os
 import sqlite3
 import struct
 
@@ -111,14 +112,22 @@ def test_previous_response_id_must_exist_and_be_the_callers(start):
 
 def test_store_false_is_not_kept_and_delete_forgets(br):
     client = br.client()
-    kept = client.responses.create(model="claude-code", input="hi")
+    kept = client.responses.create(model="claude-code", input="private-words-7f3a")
     gone = client.responses.create(model="claude-code", input="hi", store=False)
+    db = br.settings.usage_db_path
+
+    def on_disk():
+        return any(os.path.exists(path) and b"private-words-7f3a" in open(path, "rb").read()
+                   for path in (db, db + "-wal"))
+    assert on_disk()
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(gone.id)
     assert client.responses.delete(kept.id) is None
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(kept.id)
     assert_error(requests.delete(f"{br.url}/v1/responses/{kept.id}", timeout=10), 404)
+    # Its text is gone from the database file and its write-ahead log, not just unlinked.
+    assert not on_disk()
 
 
 def test_responses_are_bounded_by_responses_max(start):
