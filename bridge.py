@@ -145,6 +145,13 @@ def _alias_map(raw):
     return aliases
 
 
+def _database_url(raw):
+    raw = raw.strip()
+    if raw and not re.match(r"^postgres(ql)?://", raw):
+        raise ValueError("must be empty (SQLite at USAGE_DB_PATH) or a postgresql:// URL")
+    return raw
+
+
 def _name_list(raw):
     names = tuple(filter(None, (n.strip() for n in raw.split(","))))
     for name in names:
@@ -258,7 +265,21 @@ SETTINGS = (
             "Messages kept per Ollama conversation (oldest turns dropped)."),
     Setting("OLLAMA_SESSION_MAX_KB", "1024", _int_between(1, 1_048_576),
             "KiB kept per Ollama conversation (oldest turns dropped)."),
-    Setting("USAGE_DB_PATH", "./usage.db", _text, "SQLite file for usage rows and sessions."),
+    Setting("USAGE_DB_PATH", "./usage.db", _text, "SQLite file for usage rows and sessions "
+            "(with USAGE_DB_URL: the rows not yet shipped)."),
+    Setting("USAGE_DB_URL", "", _database_url,
+            "`postgresql://...`: keep usage rows, sessions and digests in PostgreSQL, shared "
+            "by several bridges (needs `pip install psycopg[binary]`)."),
+    Setting("USAGE_QUEUE_MAX", "100000", _int_between(100, 100_000_000),
+            "Usage rows that may wait for PostgreSQL (more are dropped and counted)."),
+    Setting("USAGE_RETENTION_DAYS", "0", _int_between(0, 36500),
+            "Days raw usage rows are kept (0 = forever); the hourly and daily sums stay."),
+    Setting("INSTANCE_NAME", "", _text,
+            "This bridge's name in usage rows and sessions (with USAGE_DB_URL the default "
+            "is host:port)."),
+    Setting("SESSION_ELSEWHERE", "heal", _one_of("heal", "refuse"),
+            "With USAGE_DB_URL, a session another bridge holds: `heal` (answer from the "
+            "history, row via=elsewhere) or `refuse` (a 421 naming that bridge)."),
     Setting("SSE_HEARTBEAT_SECONDS", "15", _seconds,
             "Seconds between keep-alive comments while a stream is silent."),
     Setting("SHUTDOWN_TIMEOUT", "10", _seconds,
@@ -270,7 +291,7 @@ SETTINGS = (
 
 Settings = collections.namedtuple("Settings", [s.name.lower() for s in SETTINGS])
 # Never shown in errors, and never passed on to the CLI's environment.
-SECRET_SETTINGS = ("CLAUDE_AUTH_KEY",)
+SECRET_SETTINGS = ("CLAUDE_AUTH_KEY", "USAGE_DB_URL")
 
 
 class SettingsError(ValueError):
@@ -401,6 +422,10 @@ class BackendUnavailable(BridgeError):
     status, type, code = 503, "server_error", "backend_unavailable"
 
 
+class SessionElsewhere(BridgeError):
+    status, type, code = 421, "invalid_request_error", "session_elsewhere"
+
+
 class BackendTimeout(BridgeError):
     status, type, code = 504, "server_error", "timeout"
 
@@ -471,11 +496,18 @@ _REQUEST_COLUMNS = (
 )
 
 
+def _columns(db, table):
+    """The names of a table's columns (none if it does not exist)."""
+    if getattr(db, "dialect", "sqlite") == "postgresql":
+        return {row[0] for row in db.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = ?"
+            " AND table_schema = current_schema()", (table,))}
+    return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+
+
 def _migrate_requests(db):
     """v1: the requests log; adopts the Go bridge's `requests` table in place."""
-    exists = db.execute(
-        "SELECT 1 FROM sqlite_master WHERE type='table' AND name='requests'").fetchone()
-    if not exists:
+    if not _columns(db, "requests"):
         db.execute(
             "CREATE TABLE requests ("
             " id INTEGER PRIMARY KEY,"
@@ -485,11 +517,11 @@ def _migrate_requests(db):
             " completion_tokens INTEGER NOT NULL DEFAULT 0,"
             " total_tokens INTEGER NOT NULL DEFAULT 0,"
             " duration_ms INTEGER, is_error INTEGER NOT NULL DEFAULT 0)")
-    have = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
+    have = _columns(db, "requests")
     for name, decl in _REQUEST_COLUMNS:
         if name not in have:
             db.execute(f"ALTER TABLE requests ADD COLUMN {name} {decl}")
-    db.execute("UPDATE requests SET outcome = CASE WHEN is_error THEN 'error' ELSE 'ok' END"
+    db.execute("UPDATE requests SET outcome = CASE WHEN is_error <> 0 THEN 'error' ELSE 'ok' END"
                " WHERE outcome IS NULL")
     db.execute("CREATE INDEX IF NOT EXISTS requests_ts ON requests(ts)")
 
@@ -505,12 +537,15 @@ def _migrate_claude_sessions(db):
 _SUMS = ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens",
          "cached_tokens", "cost_usd", "duration_ms_sum", "duration_count")
 # The same sums over raw rows, in _SUMS order.
-_RAW_SUMS = ("COUNT(*), TOTAL(outcome != 'ok'), TOTAL(prompt_tokens), TOTAL(completion_tokens),"
-             " TOTAL(total_tokens), TOTAL(cached_tokens), TOTAL(cost_usd), TOTAL(duration_ms),"
+# (Written for both SQLite and PostgreSQL: no TOTAL(), no sums of booleans.)
+_RAW_SUMS = ("COUNT(*), SUM(CASE WHEN outcome <> 'ok' THEN 1 ELSE 0 END),"
+             " COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0),"
+             " COALESCE(SUM(total_tokens), 0), COALESCE(SUM(cached_tokens), 0),"
+             " COALESCE(SUM(cost_usd), 0), COALESCE(SUM(duration_ms), 0),"
              " COUNT(duration_ms)")
-_ROLLUP_SUMS = ("TOTAL(requests), TOTAL(errors), TOTAL(prompt_tokens), TOTAL(completion_tokens),"
-                " TOTAL(total_tokens), TOTAL(cached_tokens), TOTAL(cost_usd),"
-                " TOTAL(duration_ms_sum), TOTAL(duration_count)")
+_ROLLUP_SUMS = ", ".join(f"COALESCE(SUM({name}), 0)" for name in (
+    "requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens",
+    "cached_tokens", "cost_usd", "duration_ms_sum", "duration_count"))
 
 
 def _create_rollup(db, table, key, width):
@@ -575,34 +610,42 @@ def _migrate_session_tags(db):
     key = secrets.token_bytes(32)
     db.execute("CREATE TABLE bridge_meta (name TEXT PRIMARY KEY, value BLOB NOT NULL)")
     db.execute("INSERT INTO bridge_meta VALUES ('session_key', ?)", (key,))
+    db.execute("CREATE INDEX claude_sessions_updated ON claude_sessions(updated_at)")
+    if getattr(db, "dialect", "sqlite") == "postgresql":
+        return  # a new database: no raw ids to replace
     db.create_function("session_tag", 1, lambda raw: session_tag(key, raw), deterministic=True)
     db.execute("PRAGMA secure_delete = ON")  # the raw ids must not linger in free pages
     db.execute("UPDATE requests SET session_id = session_tag(session_id)"
                " WHERE session_id IS NOT NULL")
     db.execute("UPDATE OR REPLACE claude_sessions SET client_id = session_tag(client_id)")
     db.execute("PRAGMA secure_delete = OFF")
-    db.execute("CREATE INDEX claude_sessions_updated ON claude_sessions(updated_at)")
+
+
+def _rekey_rollups(db, keys, column, value):
+    """The rollups with one more key column (`keys` before it), `value` for every sum so
+    far."""
+    for table, key in (("usage_hourly", "hour"), ("usage_daily", "day")):
+        db.execute(f"ALTER TABLE {table} RENAME TO {table}_old")
+        db.execute(
+            f"CREATE TABLE {table} ("
+            f" {key} TEXT NOT NULL, {' TEXT NOT NULL, '.join(keys)} TEXT NOT NULL,"
+            f" {column} TEXT NOT NULL, requests INTEGER NOT NULL, errors INTEGER NOT NULL,"
+            " prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,"
+            " total_tokens INTEGER NOT NULL, cached_tokens INTEGER NOT NULL,"
+            " cost_usd REAL NOT NULL, duration_ms_sum INTEGER NOT NULL,"
+            f" duration_count INTEGER NOT NULL, PRIMARY KEY ({key}, {', '.join(keys)},"
+            f" {column})) WITHOUT ROWID")
+        db.execute(f"INSERT INTO {table} SELECT {key}, {', '.join(keys)}, ?, requests,"
+                   " errors, prompt_tokens, completion_tokens, total_tokens, cached_tokens,"
+                   f" cost_usd, duration_ms_sum, duration_count FROM {table}_old", (value,))
+        db.execute(f"DROP TABLE {table}_old")
 
 
 def _migrate_api(db):
     """v9: the API a request came in by (chat, responses, messages, completions,
     embeddings), in the rows and as a key of the rollups; everything before was chat."""
     db.execute("ALTER TABLE requests ADD COLUMN api TEXT NOT NULL DEFAULT 'chat'")
-    for table, key in (("usage_hourly", "hour"), ("usage_daily", "day")):
-        db.execute(f"ALTER TABLE {table} RENAME TO {table}_v8")
-        db.execute(
-            f"CREATE TABLE {table} ("
-            f" {key} TEXT NOT NULL, model TEXT NOT NULL, provider TEXT NOT NULL,"
-            " api TEXT NOT NULL, requests INTEGER NOT NULL, errors INTEGER NOT NULL,"
-            " prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,"
-            " total_tokens INTEGER NOT NULL, cached_tokens INTEGER NOT NULL,"
-            " cost_usd REAL NOT NULL, duration_ms_sum INTEGER NOT NULL,"
-            f" duration_count INTEGER NOT NULL, PRIMARY KEY ({key}, model, provider, api))"
-            " WITHOUT ROWID")
-        db.execute(f"INSERT INTO {table} SELECT {key}, model, provider, 'chat', requests,"
-                   " errors, prompt_tokens, completion_tokens, total_tokens, cached_tokens,"
-                   f" cost_usd, duration_ms_sum, duration_count FROM {table}_v8")
-        db.execute(f"DROP TABLE {table}_v8")
+    _rekey_rollups(db, ("model", "provider"), "api", "chat")
 
 
 def _migrate_responses(db):
@@ -614,10 +657,29 @@ def _migrate_responses(db):
     db.execute("CREATE INDEX responses_created ON responses(created_at)")
 
 
-# Ordered: PRAGMA user_version is the number of migrations applied.
+def _migrate_instances(db):
+    """v11: which bridge answered each request (INSTANCE_NAME; '' before), in the rows and
+    as a key of the rollups, and which owns each session; row_key makes shipping a row to
+    a shared database happen at most once."""
+    db.execute("ALTER TABLE requests ADD COLUMN instance TEXT NOT NULL DEFAULT ''")
+    db.execute("ALTER TABLE requests ADD COLUMN row_key TEXT")
+    db.execute("CREATE UNIQUE INDEX requests_row_key ON requests(row_key)")
+    _rekey_rollups(db, ("model", "provider", "api"), "instance", "")
+    for table in ("claude_sessions", "conversations"):
+        db.execute(f"ALTER TABLE {table} ADD COLUMN instance TEXT NOT NULL DEFAULT ''")
+
+
+def _migrate_copies(db):
+    """v12: SQLite histories copied in (--copy-usage): up to which row, per source."""
+    db.execute("CREATE TABLE usage_copies (source TEXT PRIMARY KEY, last_id INTEGER NOT NULL,"
+               " copied_at TEXT NOT NULL)")
+
+
+# Ordered: the number applied is PRAGMA user_version (SQLite), bridge_schema (PostgreSQL).
 MIGRATIONS = (_migrate_requests, _migrate_claude_sessions, _migrate_hourly_rollup,
               _migrate_daily_rollup, _migrate_x_request_id, _migrate_session_tags,
-              _migrate_via, _migrate_conversations, _migrate_api, _migrate_responses)
+              _migrate_via, _migrate_conversations, _migrate_api, _migrate_responses,
+              _migrate_instances, _migrate_copies)
 
 # Where sums come from, coarsest first: (table, key column, characters of `ts` in the key).
 # A time window is cut into whole days, then whole hours, then raw rows at its two edges.
@@ -713,6 +775,48 @@ class ClaudeSession(typing.NamedTuple):
     total_cost_usd: float  # the CLI's cumulative figure
 
 
+_ROW_COLUMNS = ("ts", "request_id", "model", "provider", "session_id", "stream", "outcome",
+                "status", "error", "prompt_tokens", "completion_tokens", "total_tokens",
+                "cached_tokens", "cost_usd", "duration_ms", "ttft_ms", "is_error",
+                "x_request_id", "via", "api", "instance", "row_key")
+_ROLLUP_KEYS = ("model", "provider", "api", "instance")
+_SUMS_COLUMNS = ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens",
+                 "cached_tokens", "cost_usd", "duration_ms_sum", "duration_count")
+
+
+def _stamped(row):
+    """A usage row as stored: its time, defaults and derived fields, in _ROW_COLUMNS."""
+    prompt, completion = row.get("prompt_tokens", 0), row.get("completion_tokens", 0)
+    error, instance = row.get("error"), row.get("instance") or ""
+    return {
+        **{name: row.get(name) for name in _ROW_COLUMNS}, "ts": row.get("ts") or _utc_now_text(),
+        "stream": int(bool(row.get("stream"))), "error": error[:500] if error else None,
+        "prompt_tokens": prompt, "completion_tokens": completion,
+        "total_tokens": prompt + completion, "cached_tokens": row.get("cached_tokens", 0),
+        "cost_usd": row.get("cost_usd", 0.0), "is_error": int(row["outcome"] != "ok"),
+        "api": row.get("api") or "chat", "instance": instance,
+        # Unique across bridges: what makes shipping it to a shared database idempotent.
+        "row_key": row.get("row_key") or f"{instance}/{row['request_id']}"}
+
+
+def _row_statements(row, insert="INSERT INTO requests"):
+    """The statements that store a stamped row and add it to its hour's and day's sums."""
+    duration = row["duration_ms"]
+    sums = (*(row[k] for k in _ROLLUP_KEYS), row["is_error"], row["prompt_tokens"],
+            row["completion_tokens"], row["total_tokens"], row["cached_tokens"],
+            row["cost_usd"], duration or 0, int(duration is not None))
+    return (
+        (f"{insert} ({', '.join(_ROW_COLUMNS)}) VALUES ({', '.join('?' * len(_ROW_COLUMNS))})",
+         tuple(row[name] for name in _ROW_COLUMNS)),
+        *((f"INSERT INTO {table} VALUES (?,?,?,?,?,1,?,?,?,?,?,?,?,?)"
+           f" ON CONFLICT ({key}, {', '.join(_ROLLUP_KEYS)}) DO UPDATE SET"
+           f" requests = {table}.requests + 1, errors = {table}.errors + excluded.errors,"
+           + ",".join(f" {c} = {table}.{c} + excluded.{c}" for c in (
+               "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens",
+               "cost_usd", "duration_ms_sum", "duration_count")),
+           ((row["ts"] or "")[:width], *sums)) for table, key, width in _LEVELS[:-1]))
+
+
 class UsageStore:
     """SQLite: the request log, its hourly rollup and the Claude session map, behind one
     lock (one connection: SQLite has one writer anyway, and each use is short).
@@ -723,7 +827,8 @@ class UsageStore:
 
     def __init__(self, path, max_sessions=10_000, session_days=30, max_conversations=10_000,
                  max_responses=1000):
-        self.path = path
+        self.path = re.sub(r"//[^@/]*@", "//***@", path)  # (a URL's password: never shown)
+        self.instance = ""  # the bridge's INSTANCE_NAME, for the sessions it keeps
         self.max_conversations = max_conversations
         self.max_responses = max_responses
         self.lock = threading.Lock()
@@ -733,11 +838,16 @@ class UsageStore:
         self.session_seconds = session_days * 86400
         try:
             self.db = self._open(path)
-        except (sqlite3.Error, OSError) as exc:
+        except self._OPEN_ERRORS as exc:
             self._failed("open", exc)
+        self.session_key = self._session_key()
+
+    _OPEN_ERRORS = (sqlite3.Error, OSError)
+
+    def _session_key(self):
         rows = self._read("SELECT value FROM bridge_meta WHERE name = 'session_key'")
         # Without a database, sessions last as long as the process: so does the key.
-        self.session_key = bytes(rows[0][0]) if rows else secrets.token_bytes(32)
+        return bytes(rows[0][0]) if rows else secrets.token_bytes(32)
 
     def session_tag(self, session_id):
         """The stored stand-in for a client's session id (None stays None)."""
@@ -816,42 +926,14 @@ class UsageStore:
 
     def record(self, row):
         """Append one request row and add it to its hour's sums."""
-        ts = _utc_now_text()
-        prompt, completion = row.get("prompt_tokens", 0), row.get("completion_tokens", 0)
-        cached, cost = row.get("cached_tokens", 0), row.get("cost_usd", 0.0)
-        duration, error = row.get("duration_ms"), row.get("error")
-        failed = int(row["outcome"] != "ok")
-        api = row.get("api") or "chat"
-        sums = (row["model"], row["provider"], api, failed, prompt, completion,
-                prompt + completion, cached, cost, duration or 0, int(duration is not None))
-        self._write((
-            ("INSERT INTO requests (ts, request_id, model, provider, session_id, stream,"
-             " outcome, status, error, prompt_tokens, completion_tokens, total_tokens,"
-             " cached_tokens, cost_usd, duration_ms, ttft_ms, is_error, x_request_id, via,"
-             " api) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-             (ts, row["request_id"], row["model"], row["provider"], row.get("session_id"),
-              int(bool(row.get("stream"))), row["outcome"], row["status"],
-              error[:500] if error else None, prompt, completion, prompt + completion,
-              cached, cost, duration, row.get("ttft_ms"), failed, row.get("x_request_id"),
-              row.get("via"), api)),
-            *((f"INSERT INTO {table} VALUES (?,?,?,?,1,?,?,?,?,?,?,?,?)"
-               f" ON CONFLICT ({key}, model, provider, api) DO UPDATE SET"
-               " requests = requests + 1, errors = errors + excluded.errors,"
-               " prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
-               " completion_tokens = completion_tokens + excluded.completion_tokens,"
-               " total_tokens = total_tokens + excluded.total_tokens,"
-               " cached_tokens = cached_tokens + excluded.cached_tokens,"
-               " cost_usd = cost_usd + excluded.cost_usd,"
-               " duration_ms_sum = duration_ms_sum + excluded.duration_ms_sum,"
-               " duration_count = duration_count + excluded.duration_count",
-               (ts[:width], *sums)) for table, key, width in _LEVELS[:-1]),
-        ))
+        self._write(_row_statements(_stamped(row)))
 
-    def _sums(self, group, since, until, provider, model, api, levels=_LEVELS):
+    def _sums(self, group, since, until, levels=_LEVELS, **keys):
         """{group: [sums in _SUMS order]} over [since, until), reading the coarsest sums
-        that fit (see _split_window). `group(key column)` is the SQL to group by."""
+        that fit (see _split_window). `group(key column)` is the SQL to group by; `keys`
+        ({column: value or None}) filter."""
         where, params = [], []
-        for column, value in (("provider", provider), ("model", model), ("api", api)):
+        for column, value in keys.items():
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
@@ -875,18 +957,17 @@ class UsageStore:
                     acc[i] += value or 0
         return out
 
-    def summary(self, since=None, until=None, provider=None, model=None, api=None):
-        """Totals grouped by model, provider and API, busiest first."""
+    def summary(self, since=None, until=None, **keys):
+        """Totals grouped by model, provider, API and instance, busiest first."""
         out = []
-        for (name, prov, via_api), sums in self._sums(lambda key: "model, provider, api",
-                                                       since, until, provider, model,
-                                                       api).items():
+        for (name, prov, via_api, instance), sums in self._sums(
+                lambda key: "model, provider, api, instance", since, until, **keys).items():
             item = dict(zip(_SUMS, sums))
             if not item["requests"]:
                 continue
             count, total_ms = item["duration_count"], item["duration_ms_sum"]
             out.append({"model": name, "provider": prov, "api": via_api,
-                        "requests": int(item["requests"]),
+                        "instance": instance, "requests": int(item["requests"]),
                         "errors": int(item["errors"]),
                         "prompt_tokens": int(item["prompt_tokens"]),
                         "completion_tokens": int(item["completion_tokens"]),
@@ -895,20 +976,19 @@ class UsageStore:
                         "cached_tokens": int(item["cached_tokens"]),
                         "cost_usd": round(item["cost_usd"], 7)})
         out.sort(key=lambda item: (-item["requests"], item["model"] or "", item["provider"],
-                                   item["api"]))
+                                   item["api"], item["instance"]))
         return out
 
     # bucket -> (characters of `ts` that name it, what completes it as ISO 8601)
     BUCKETS = {"minute": (16, ":00Z"), "hour": (13, ":00:00Z"), "day": (10, "T00:00:00Z")}
 
-    def timeseries(self, bucket, since=None, until=None, provider=None, model=None,
-                   api=None):
+    def timeseries(self, bucket, since=None, until=None, **keys):
         """Sums per minute, hour or day (only buckets with requests), oldest first."""
         width, suffix = self.BUCKETS[bucket]
         # Only sums at least as fine as the bucket can fill it.
         levels = tuple(level for level in _LEVELS if level.width is None or level.width >= width)
-        groups = self._sums(lambda key: f"substr({key}, 1, {width})", since, until,
-                            provider, model, api, levels)
+        groups = self._sums(lambda key: f"substr({key}, 1, {width})", since, until, levels,
+                            **keys)
         out = []
         for key in sorted(k for k in groups if k):
             item = dict(zip(_SUMS, groups[key]))
@@ -923,12 +1003,13 @@ class UsageStore:
     _RECENT = ("id", "ts", "request_id", "x_request_id", "model", "provider", "session_id",
                "stream", "outcome", "status", "error", "prompt_tokens", "completion_tokens",
                "total_tokens", "cached_tokens", "cost_usd", "duration_ms", "ttft_ms", "via",
-               "api")
+               "api", "instance")
 
-    def recent(self, limit, since=None, api=None):
+    def recent(self, limit, since=None, api=None, instance=None):
         """The latest rows, newest first."""
-        where = [(cond, value) for cond, value in (("ts >= ?", since), ("api = ?", api))
-                 if value is not None]
+        where = [(cond, value) for cond, value in (
+            ("ts >= ?", since), ("api = ?", api), ("instance = ?", instance))
+            if value is not None]
         clause = "WHERE " + " AND ".join(cond for cond, _ in where) if where else ""
         params = [value for _, value in where]
         rows = self._read(f"SELECT {', '.join(self._RECENT)} FROM requests {clause}"
@@ -956,11 +1037,12 @@ class UsageStore:
         sessions past CLAUDE_SESSION_DAYS and the least recent past CLAUDE_SESSIONS."""
         known = self._read("SELECT 1 FROM claude_sessions WHERE client_id = ?", (client_id,))
         statements = [("INSERT INTO claude_sessions (client_id, claude_uuid, workdir,"
-                       " total_cost_usd, updated_at) VALUES (?,?,?,?,?)"
+                       " total_cost_usd, updated_at, instance) VALUES (?,?,?,?,?,?)"
                        " ON CONFLICT(client_id) DO UPDATE SET claude_uuid=excluded.claude_uuid,"
                        " workdir=excluded.workdir, total_cost_usd=excluded.total_cost_usd,"
-                       " updated_at=excluded.updated_at",
-                       (client_id, claude_uuid, workdir, total_cost_usd, _utc_now_text())),
+                       " updated_at=excluded.updated_at, instance=excluded.instance",
+                       (client_id, claude_uuid, workdir, total_cost_usd, _utc_now_text(),
+                        self.instance)),
                       ("DELETE FROM claude_sessions WHERE updated_at < ?",
                        (self._session_cutoff(),))]
         if not known:  # only a new session can take the table past CLAUDE_SESSIONS (the
@@ -974,9 +1056,15 @@ class UsageStore:
         """Remember that a history (its digest) is `session_id` after `turn` good turns;
         forget digests past CONVERSATION_DAYS, and the least recent conversations past
         CONVERSATIONS_MAX (counted when a conversation starts)."""
-        statements = [("INSERT OR REPLACE INTO conversations VALUES (?,?,?,?,?,?,?)",
+        statements = [("INSERT INTO conversations (digest, session_id, turn, updated_at,"
+                       " provider, claude_uuid, message_uuid, instance) VALUES"
+                       " (?,?,?,?,?,?,?,?) ON CONFLICT (digest)"
+                       " DO UPDATE SET session_id = excluded.session_id, turn = excluded.turn,"
+                       " updated_at = excluded.updated_at, provider = excluded.provider,"
+                       " claude_uuid = excluded.claude_uuid,"
+                       " message_uuid = excluded.message_uuid, instance = excluded.instance",
                        (digest, session_id, turn, _utc_now_text(), provider,
-                        *(point or (None, None)))),
+                        *(point or (None, None)), self.instance)),
                       ("DELETE FROM conversations WHERE updated_at < ?",
                        (self._session_cutoff(),))]
         if turn == 1:
@@ -1003,6 +1091,14 @@ class UsageStore:
                           " LIMIT 1", (digest,))
         return tuple(rows[0]) if rows else None
 
+    shared = False  # several bridges use this store (PostgreSQL)
+
+    def session_owner(self, session_id):
+        """The instance that answered a session's latest turn ('' if unknown)."""
+        rows = self._read("SELECT instance FROM conversations WHERE session_id = ? ORDER BY"
+                          " turn DESC, updated_at DESC LIMIT 1", (session_id,))
+        return rows[0][0] if rows else ""
+
     def latest_turn(self, session_id):
         """(digest, turn, provider) of a session's latest good turn, or None."""
         rows = self._read("SELECT digest, turn, provider FROM conversations WHERE"
@@ -1013,8 +1109,9 @@ class UsageStore:
     def sessions(self, limit):
         """The sessions with rows, most recently used first."""
         rows = self._read(
-            "SELECT session_id, provider, SUM(outcome = 'ok'), MAX(ts), TOTAL(total_tokens),"
-            " TOTAL(cost_usd) FROM requests WHERE session_id IS NOT NULL GROUP BY session_id"
+            "SELECT session_id, MAX(provider), SUM(CASE WHEN outcome = 'ok' THEN 1 ELSE 0 END),"
+            " MAX(ts), COALESCE(SUM(total_tokens), 0), COALESCE(SUM(cost_usd), 0) FROM requests"
+            " WHERE session_id IS NOT NULL GROUP BY session_id"
             " ORDER BY MAX(ts) DESC LIMIT ?", (limit,))
         return [{"id": r[0], "backend": r[1], "turns": int(r[2] or 0), "last_used": _iso(r[3]),
                  "total_tokens": int(r[4]), "cost_usd": round(r[5], 7)} for r in rows]
@@ -1033,7 +1130,7 @@ class UsageStore:
         previous_response_id and GET; forget those past CLAUDE_SESSION_DAYS and the oldest
         past RESPONSES_MAX."""
         self._write((
-            ("INSERT OR REPLACE INTO responses VALUES (?,?,?,?,?,?)",
+            ("INSERT INTO responses VALUES (?,?,?,?,?,?) ON CONFLICT (id) DO NOTHING",
              (response_id, owner, _utc_now_text(), session_id, body,
               zlib.compress(history.encode("utf-8"), 6))),
             ("DELETE FROM responses WHERE created_at < ?", (self._session_cutoff(),)),
@@ -1056,12 +1153,36 @@ class UsageStore:
         if not self._read("SELECT 1 FROM responses WHERE id = ? AND owner = ?",
                           (response_id, owner)):
             return False
-        # Its text must not linger in free pages, nor in the write-ahead log.
-        done = self._write((("PRAGMA secure_delete = ON", ()),
-                            ("DELETE FROM responses WHERE id = ?", (response_id,)),
+        return self._erase(("DELETE FROM responses WHERE id = ?", (response_id,)))
+
+    def _erase(self, statement):
+        """Delete so that the text is gone from the file, not just unlinked: overwritten
+        in its pages, and checkpointed out of the write-ahead log."""
+        done = self._write((("PRAGMA secure_delete = ON", ()), statement,
                             ("PRAGMA secure_delete = OFF", ())))
         self._read("PRAGMA wal_checkpoint(TRUNCATE)")
         return done
+
+    def prune_rows(self, days, batch=1000):
+        """Delete up to `batch` raw rows older than `days` (the sums keep them); how many."""
+        cutoff = _ts_text(time.time() - days * 86400)
+        ids = [r[0] for r in self._read("SELECT id FROM requests WHERE ts < ? ORDER BY id"
+                                        " LIMIT ?", (cutoff, batch))]
+        if ids and self._write((("DELETE FROM requests WHERE id IN (%s)"
+                                 % ",".join("?" * len(ids)), tuple(ids)),)):
+            return len(ids)
+        return 0
+
+    def queued(self):
+        """Rows and writes waiting for the database (none here: they are written at once)."""
+        return 0
+
+    def flush(self, timeout=10.0):
+        """Wait until everything queued is in the database; whether it is."""
+        return True
+
+    def dropped(self):
+        return 0
 
     def claude_session_count(self):
         """Client sessions remembered."""
@@ -1074,6 +1195,334 @@ class UsageStore:
             with self.lock:
                 self.db.close()
                 self.db = None
+
+
+def _pg_sql(sql):
+    """A statement written for SQLite, as PostgreSQL takes it (the few differences the
+    store's SQL has: parameters, types, LIMIT -1)."""
+    for old, new in (("?", "%s"), ("id INTEGER PRIMARY KEY", "id BIGSERIAL PRIMARY KEY"),
+                     ("DATETIME DEFAULT CURRENT_TIMESTAMP", "TEXT"), ("INTEGER", "BIGINT"),
+                     (" REAL", " DOUBLE PRECISION"), ("BLOB", "BYTEA"),
+                     (" WITHOUT ROWID", ""), ("LIMIT -1", "LIMIT ALL")):
+        sql = sql.replace(old, new)
+    return sql
+
+
+class _PgMigrating:
+    """A PostgreSQL connection as the migrations see it: SQLite's SQL, translated."""
+
+    dialect = "postgresql"
+
+    def __init__(self, db):
+        self.db = db
+
+    def execute(self, sql, params=()):
+        return self.db.execute(_pg_sql(sql), params)
+
+
+class Spool:
+    """Usage rows on their way to a shared database, in a local SQLite file: a row is
+    committed here before its response ends, so a crash loses nothing answered, and is
+    deleted once the database has it."""
+
+    def __init__(self, path, limit):
+        self.path = path
+        self.limit = limit
+        self.lock = threading.Lock()
+        self.dropped = 0  # rows refused because the spool was full
+        if path != ":memory:" and not os.path.exists(path):
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        self.db = sqlite3.connect(path, timeout=2, isolation_level=None,
+                                  check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS spool (id INTEGER PRIMARY KEY,"
+                        " row TEXT NOT NULL)")
+        self.size = self.db.execute("SELECT COUNT(*) FROM spool").fetchone()[0]
+
+    def put(self, row):
+        """Keep a stamped row; False if the spool is full (the row is dropped)."""
+        with self.lock:
+            if self.size >= self.limit:
+                self.dropped += 1
+                return False
+            self.db.execute("INSERT INTO spool (row) VALUES (?)", (_dumps(row),))
+            self.size += 1
+            return True
+
+    def take(self, n):
+        """[(spool id, row)] of the oldest n rows (they stay until done())."""
+        with self.lock:
+            return [(i, json.loads(text)) for i, text in self.db.execute(
+                "SELECT id, row FROM spool ORDER BY id LIMIT ?", (n,))]
+
+    def done(self, ids):
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany("DELETE FROM spool WHERE id = ?", [(i,) for i in ids])
+            self.db.execute("COMMIT")
+            self.size -= len(ids)
+
+    def close(self):
+        with self.lock:
+            self.db.close()
+
+
+class PgStore(UsageStore):
+    """PostgreSQL (USAGE_DB_URL), shared by several bridges: the same tables, migrations
+    and queries as SQLite's, translated where the SQL differs (_pg_sql).
+
+    A slow or absent database never holds a response: usage rows go to a local Spool and
+    one thread ships them in batches, each at most once (row_key). Other writes (sessions,
+    digests, stored responses) go straight in while the database answers, and wait in
+    memory (the last 10,000) while it does not; reads then find nothing, and conversations
+    heal from the history clients resend."""
+
+    dialect = "postgresql"
+    shared = True
+    RETRY_SECONDS = 2.0  # after a failure, how long the database is left alone
+    BATCH = 500  # rows shipped per transaction
+
+    def __init__(self, url, spool_path, queue_max, **limits):
+        try:
+            import psycopg  # only for this store: SQLite needs no driver
+        except ImportError:
+            raise SettingsError("USAGE_DB_URL needs the psycopg driver: pip install "
+                                "'psycopg[binary]' (or claude-bridge[postgres]).") from None
+        self.psycopg = psycopg
+        self.url = url
+        self.migrated = False
+        self.spool = Spool(spool_path, queue_max)
+        self.pending = collections.deque(maxlen=10_000)  # writes waiting for the database
+        self.down_until = 0.0
+        self.wake = threading.Event()
+        self.stopped = threading.Event()
+        self.write_lock = threading.Lock()  # one writer connection
+        self.writer = None
+        super().__init__(url, **limits)
+        self.shipper = threading.Thread(target=self._ship_forever, daemon=True,
+                                        name="usage-shipper")
+        self.shipper.start()
+
+    # Down at start-up is not fatal: the store connects when the database comes.
+    _OPEN_ERRORS = (Exception,)
+
+    def _open(self, url):
+        return self._connect()
+
+    def _connect(self):
+        """A new connection; the schema migrated first, by whichever bridge comes first."""
+        db = self.psycopg.connect(self.url, autocommit=True, connect_timeout=3,
+                                  options="-c statement_timeout=10000")
+        if self.migrated:
+            return db
+        try:
+            with db.transaction():
+                # Several bridges may start at once: one migrates, the others wait.
+                db.execute("SELECT pg_advisory_xact_lock(7162534)")
+                db.execute("CREATE TABLE IF NOT EXISTS bridge_schema (version INTEGER)")
+                row = db.execute("SELECT version FROM bridge_schema").fetchone()
+                if row is None:
+                    db.execute("INSERT INTO bridge_schema VALUES (0)")
+                version = row[0] if row else 0
+                for number, migrate in enumerate(MIGRATIONS[version:], start=version + 1):
+                    migrate(_PgMigrating(db))
+                    db.execute("UPDATE bridge_schema SET version = %s", (number,))
+                key = db.execute("SELECT value FROM bridge_meta WHERE name = 'session_key'")
+                self.session_key = bytes(key.fetchone()[0])  # the team's: tags agree
+        except BaseException:
+            db.close()
+            raise
+        self.migrated = True
+        return db
+
+    def _session_key(self):
+        return getattr(self, "session_key", None) or secrets.token_bytes(32)
+
+    def _down(self, what, exc):
+        """The database failed: leave it alone a while, and say so."""
+        self._failed(what, exc)
+        self.down_until = time.monotonic() + self.RETRY_SECONDS
+        for name in ("db", "writer"):
+            conn = getattr(self, name)
+            setattr(self, name, None)
+            if conn is not None:
+                try:
+                    conn.close()
+                except Exception:
+                    pass
+
+    def _conn(self, name):
+        """The named connection, (re)connected; None while the database is down."""
+        conn = getattr(self, name)
+        if conn is None and time.monotonic() >= self.down_until:
+            conn = self._connect()
+            setattr(self, name, conn)
+        return conn
+
+    def _read(self, sql, params=()):
+        try:
+            with self.lock:
+                conn = self._conn("db")
+                rows = [] if conn is None else conn.execute(_pg_sql(sql), params).fetchall()
+        except self.psycopg.Error as exc:
+            self._down("read", exc)
+            return []
+        # SUM() of a bigint is numeric: the figures are plain numbers, as SQLite's.
+        return [tuple(float(v) if type(v).__name__ == "Decimal" else v for v in row)
+                for row in rows]
+
+    def _erase(self, statement):
+        # (PostgreSQL overwrites dead rows when it vacuums them; it has no secure_delete.)
+        return self._write((statement,))
+
+    def _write(self, statements):
+        """Run them in one transaction now, or, while the database is down, later."""
+        statements = tuple(statements)
+        if self.pending or not self._apply(statements):
+            self.pending.append(statements)
+            self.wake.set()
+            return False
+        return True
+
+    def _apply(self, statements):
+        """Whether the statements are done with: run, or refused for good (a bug: logged,
+        never retried); False while the database cannot be reached."""
+        try:
+            with self.write_lock:
+                conn = self._conn("writer")
+                if conn is None:
+                    return False
+                with conn.transaction():
+                    for sql, params in statements:
+                        conn.execute(_pg_sql(sql), params)
+        except self.psycopg.OperationalError as exc:
+            self._down("write", exc)
+            return False
+        except self.psycopg.Error as exc:
+            _LOG.error("usage db %s: a write was refused and dropped: %s", self.path, exc)
+            return True
+        if self.last_error:
+            _LOG.warning("usage db %s: writing works again", self.path)
+            self.last_error = None
+        return True
+
+    def record(self, row):
+        if not self.spool.put(_stamped(row)):
+            _LOG.warning("usage spool full (USAGE_QUEUE_MAX=%d): a row was dropped",
+                         self.spool.limit)
+        self.wake.set()
+
+    def _ship_forever(self):
+        while not self.stopped.is_set():
+            self.wake.wait(0.5)
+            self.wake.clear()
+            while self.pending and self._apply(self.pending[0]):
+                self.pending.popleft()
+            while not self.pending and self._ship(self.spool.take(self.BATCH)):
+                pass
+
+    def _ship(self, batch):
+        """Ship spooled rows; True if there may be more."""
+        if not batch:
+            return False
+        statements = [s for _, row in batch for s in _row_statements(
+            row, insert="INSERT INTO requests")]
+        # A row shipped before a crash is in already: ON CONFLICT skips it, and its sums.
+        if not self._apply_rows(statements):
+            return False
+        self.spool.done([i for i, _ in batch])
+        return len(batch) == self.BATCH
+
+    def _apply_rows(self, statements):
+        try:
+            with self.write_lock:
+                conn = self._conn("writer")
+                if conn is None:
+                    return False
+                with conn.transaction():
+                    for k in range(0, len(statements), 3):
+                        (sql, params), *sums = statements[k:k + 3]
+                        inserted = conn.execute(_pg_sql(sql) + " ON CONFLICT (row_key)"
+                                                " DO NOTHING RETURNING 1", params).fetchone()
+                        for sql, params in sums if inserted else ():
+                            conn.execute(_pg_sql(sql), params)
+        except self.psycopg.Error as exc:
+            self._down("write", exc)
+            return False
+        return True
+
+    def queued(self):
+        return self.spool.size + len(self.pending)
+
+    def dropped(self):
+        return self.spool.dropped
+
+    def health(self):
+        return {**super().health(), "ok": self.last_error is None,
+                "queued": self.queued(), "dropped": self.spool.dropped}
+
+    def flush(self, timeout=10.0):
+        """Wait until everything queued has reached the database (tests, --copy-usage)."""
+        deadline = time.monotonic() + timeout
+        while self.queued() and time.monotonic() < deadline:
+            self.wake.set()
+            time.sleep(0.02)
+        return not self.queued()
+
+    def close(self):
+        self.flush(timeout=5.0)  # what is left waits in the spool for the next start
+        self.stopped.set()
+        self.wake.set()
+        self.shipper.join(timeout=15)
+        with self.lock, self.write_lock:
+            for name in ("db", "writer"):
+                conn = getattr(self, name)
+                if conn is not None:
+                    conn.close()
+                setattr(self, name, None)
+        self.spool.close()
+
+
+class Pruner:
+    """Deletes raw usage rows past USAGE_RETENTION_DAYS off the request path: a batch at a
+    time with a pause between, so writers never wait long; once a minute."""
+
+    INTERVAL = 60.0
+    PAUSE = 0.05
+
+    def __init__(self, store, days):
+        self.stopping = threading.Event()
+        self.pruned = 0
+        self.thread = threading.Thread(target=self._run, args=(store, days), daemon=True,
+                                       name="usage-pruner")
+        self.thread.start()
+
+    def _run(self, store, days):
+        wait = 1.0  # the first pass soon after start
+        while not self.stopping.wait(wait):
+            wait = self.INTERVAL
+            while not self.stopping.is_set():
+                done = store.prune_rows(days)
+                self.pruned += done
+                if not done or self.stopping.wait(self.PAUSE):
+                    break
+
+    def stop(self):
+        self.stopping.set()
+        self.thread.join(timeout=5)
+
+
+def open_store(settings):
+    """The usage store the settings ask for: SQLite at USAGE_DB_PATH, or PostgreSQL."""
+    limits = {"max_sessions": settings.claude_sessions,
+              "session_days": settings.claude_session_days,
+              "max_conversations": settings.conversations_max,
+              "max_responses": settings.responses_max}
+    if settings.usage_db_url:
+        return PgStore(settings.usage_db_url, settings.usage_db_path,
+                       settings.usage_queue_max, **limits)
+    return UsageStore(settings.usage_db_path, **limits)
 
 
 # ----------------------------------------------------------------------------------------
@@ -5522,6 +5971,7 @@ class RequestRecord:
     def __init__(self, bridge, chat, provider, environ):
         self.store = bridge.store
         self.metrics = bridge.metrics
+        self.instance = bridge.instance
         self.environ = environ
         self.chat = chat
         self.provider = provider
@@ -5529,6 +5979,7 @@ class RequestRecord:
         self.first_token = None
         self.written = False
         self.run = None  # its via and resume_point say how the turn went
+        self.via = None  # ... or this (elsewhere)
         self.metrics.started()
 
     def point(self):
@@ -5561,7 +6012,8 @@ class RequestRecord:
             row.update(run.usage._asdict())
             row["cost_usd"] = getattr(run, "cost_usd", 0.0)
         row["x_request_id"] = self.environ.get("bridge.request_id")
-        row["via"] = getattr(self.run, "via", None)
+        row["instance"] = self.instance
+        row["via"] = getattr(self.run, "via", None) or self.via
         self.store.record(row)
         self.metrics.finished(row, valid_model=status != 400)
         self.environ["bridge.status"] = str(status)
@@ -5575,9 +6027,13 @@ class Bridge:
 
     def __init__(self, settings):
         self.settings = settings
-        self.store = UsageStore(settings.usage_db_path, settings.claude_sessions,
-                                settings.claude_session_days, settings.conversations_max,
-                                settings.responses_max)
+        self.store = open_store(settings)
+        # Named by default only where several bridges share the store.
+        self.instance = settings.instance_name or (
+            f"{socket.gethostname()}:{settings.port}" if self.store.shared else "")
+        self.store.instance = self.instance
+        self.pruner = Pruner(self.store, settings.usage_retention_days) \
+            if settings.usage_retention_days else None
         self.conversations = Conversations(self.store, settings.recognise_conversations)
         self.workers = Workers()
         self.claude = ClaudeBackend(settings, self.store, self.workers, self.conversations)
@@ -5628,6 +6084,9 @@ class Bridge:
 
     def listening(self, url):
         """The server is bound: tell the backends where the bridge is."""
+        if self.store.shared and not self.settings.instance_name:  # the port is known now
+            self.instance = f"{socket.gethostname()}:{url.rsplit(':', 1)[-1].strip('/')}"
+            self.store.instance = self.instance
         for backend in self.backends:
             backend.listening(url)
 
@@ -5644,6 +6103,8 @@ class Bridge:
     def close(self):
         """End every child process and close the database."""
         self.end_children()
+        if self.pruner is not None:
+            self.pruner.stop()
         self.store.close()
 
 
@@ -5916,7 +6377,7 @@ def _filters(bridge):
     if api is not None and api not in APIS:
         raise InvalidRequest(f"'api' must be one of {', '.join(APIS)}.", param="api")
     return {"since": since, "until": until, "provider": provider, "model": _query("model"),
-            "api": api}
+            "api": api, "instance": _query("instance")}
 
 
 def get_usage(bridge):
@@ -5933,7 +6394,8 @@ def _limit():
 
 def get_usage_recent(bridge):
     window = _filters(bridge)
-    return _json_response(bridge.store.recent(_limit(), window["since"], window["api"]))
+    return _json_response(bridge.store.recent(_limit(), window["since"], window["api"],
+                                              window["instance"]))
 
 
 def list_sessions(bridge):
@@ -5971,7 +6433,11 @@ def get_metrics(bridge):
     text = bridge.metrics.render((
         *(gauge for b in reversed(bridge.backends) for gauge in b.gauges()),
         ("bridge_database_up", "1 if the usage database can be written.",
-         int(bridge.store.health()["ok"]))))
+         int(bridge.store.health()["ok"])),
+        ("bridge_usage_rows_queued", "Usage rows and writes waiting for the database.",
+         bridge.store.queued()),
+        ("bridge_usage_rows_dropped", "Usage rows dropped since start: the queue was full.",
+         bridge.store.dropped())))
     response = bottle.HTTPResponse(body=text)
     response.content_type = "text/plain; version=0.0.4; charset=utf-8"
     return response
@@ -6045,6 +6511,7 @@ def answer(bridge, dialect):
     run = None
     handed_off = False
     try:
+        record.via = _elsewhere(bridge, chat)
         ignored = backend.ignored(chat) + chat.echo.get("ignored", [])
         if ignored and settings.strict_params:
             raise InvalidRequest(f"This backend cannot honour {', '.join(ignored)} "
@@ -6074,6 +6541,22 @@ def answer(bridge, dialect):
                 run.close()
             # A bug took another way out: the row is still written (Bottle answers 500).
             record.write("error", 500, "internal error in the bridge", run=run)
+
+
+def _elsewhere(bridge, chat):
+    """'elsewhere' when another bridge on the shared store holds the request's session
+    (it heals from the history it brings), or SessionElsewhere under
+    SESSION_ELSEWHERE=refuse, so a load balancer can be pointed at the owner."""
+    if not bridge.store.shared or chat.session_id is None:
+        return None
+    owner = bridge.store.session_owner(chat.session_id)
+    if not owner or owner == bridge.instance:
+        return None
+    if bridge.settings.session_elsewhere == "refuse":
+        raise SessionElsewhere(f"This session is held by the bridge {owner!r}; send its "
+                               "requests there (SESSION_ELSEWHERE=refuse).",
+                               headers={"X-Bridge-Session-Owner": owner})
+    return "elsewhere"
 
 
 def _complete(bridge, dialect, chat, events, record):
@@ -6383,15 +6866,86 @@ def serve(server, stop, grace, hurry=None):
     bridge.close()
 
 
-def main(argv=None):
-    """Run the bridge until Ctrl-C or SIGTERM."""
+def copy_usage(source, target, out=sys.stdout):
+    """--copy-usage sqlite:///PATH postgresql://...: a SQLite history into PostgreSQL, its
+    sums included. Again later, it copies only the rows added since (each source is known
+    by its own key); each run is one transaction, so an interrupted one copies nothing."""
+    if not source.startswith("sqlite:///") or not target.startswith(("postgresql://",
+                                                                     "postgres://")):
+        raise SettingsError("--copy-usage takes sqlite:///PATH then postgresql://...")
+    path = source[len("sqlite://"):]
+    if not os.path.exists(path):
+        raise SettingsError(f"--copy-usage: no SQLite file at {path}")
+    src = UsageStore(path)  # (migrated to this version's schema first)
+    dst = PgStore(target, ":memory:", 100)
     try:
-        settings = load_settings(argv=sys.argv[1:] if argv is None else argv)
+        if src.last_error or dst.last_error:
+            raise SettingsError(f"--copy-usage: {src.last_error or dst.last_error}")
+        name = hashlib.sha256(src.session_key).hexdigest()[:16]
+        done = dst._read("SELECT last_id FROM usage_copies WHERE source = ?", (name,))
+        rows, statements = _copy_statements(src, name, done[0][0] if done else None)
+        if rows and not dst._apply(statements):
+            raise SettingsError(f"--copy-usage: {dst.last_error}")
+        print(f"copied {rows} rows from {path} (source {name})"
+              + (" and its hourly and daily sums" if not done else ""), file=out)
+        return rows
+    finally:
+        src.close()
+        dst.close()
+
+
+def _copy_statements(src, name, last_id):
+    """(rows, statements) that copy a source's rows after last_id (None: all, and its sums
+    as they are: they may hold rows pruned or migrated without a time)."""
+    columns = [c for c in _ROW_COLUMNS if c != "row_key"]
+    rows = src._read(f"SELECT id, {', '.join(columns)} FROM requests WHERE id > ? ORDER BY id",
+                     (last_id or 0,))
+    statements = []
+    for row in rows:
+        stamped = {**dict(zip(columns, row[1:])), "row_key": f"copy:{name}:{row[0]}"}
+        insert, *sums = _row_statements(stamped)
+        statements.append((insert[0] + " ON CONFLICT (row_key) DO NOTHING", insert[1]))
+        if last_id is not None:
+            statements.extend(sums)
+    if last_id is None:
+        for table, key, _ in _LEVELS[:-1]:
+            for bucket in src._read(f"SELECT * FROM {table}"):
+                statements.append((
+                    f"INSERT INTO {table} VALUES ({', '.join('?' * len(bucket))})"
+                    f" ON CONFLICT ({key}, {', '.join(_ROLLUP_KEYS)}) DO UPDATE SET "
+                    + ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in _SUMS_COLUMNS),
+                    tuple(bucket)))
+    newest = rows[-1][0] if rows else (last_id or 0)
+    statements.append(("INSERT INTO usage_copies VALUES (?, ?, ?) ON CONFLICT (source) DO"
+                       " UPDATE SET last_id = excluded.last_id, copied_at = excluded.copied_at",
+                       (name, newest, _utc_now_text())))
+    return len(rows), statements
+
+
+def main(argv=None):
+    """Run the bridge until Ctrl-C or SIGTERM (or, with --copy-usage, copy a history)."""
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--copy-usage"]:
+        try:
+            if len(args) != 3:
+                raise SettingsError("usage: bridge.py --copy-usage sqlite:///PATH "
+                                    "postgresql://...")
+            copy_usage(args[1], args[2])
+        except SettingsError as exc:
+            print(f"claude-bridge: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    try:
+        settings = load_settings(argv=args)
     except SettingsError as exc:
         print(f"claude-bridge: {exc}", file=sys.stderr)
         return 2
     configure_logging()
-    app = make_app(settings)
+    try:
+        app = make_app(settings)
+    except SettingsError as exc:
+        print(f"claude-bridge: {exc}", file=sys.stderr)
+        return 2
     try:
         server = create_server(settings, app)
     except OSError as exc:  # the port is taken, or the address is not this machine's
@@ -6418,6 +6972,7 @@ def main(argv=None):
               server.effective_port)
     _LOG.info("%s; database: %s; auth: %s",
               "; ".join(b.describe() for b in reversed(bridge.backends)),
+              bridge.store.path if settings.usage_db_url else
               os.path.abspath(settings.usage_db_path),
               "on" if settings.claude_auth_key else "off")
     if not _is_loopback(settings.host) and not settings.allowed_hosts:
@@ -6605,6 +7160,11 @@ def _oa_chat_path():
                              "`model_not_found`)."),
             "413": _oa_error("The body is larger than MAX_BODY_MB (code "
                              f"`{PayloadTooLarge.code}`)."),
+            "421": _oa_response(
+                "Another bridge on the shared store holds this session, and "
+                "SESSION_ELSEWHERE=refuse (code `session_elsewhere`).", _oa_ref("Error"),
+                **{"X-Bridge-Session-Owner": {"description": "The bridge that holds it.",
+                                              "schema": {"type": "string"}}}),
             "429": _oa_error("No free Claude slot within CLAUDE_QUEUE_TIMEOUT, another turn "
                              "of the same session is still running, or Anthropic's rate "
                              "limit (code `upstream_rate_limited`).",
@@ -6700,34 +7260,47 @@ def _oa_chat_examples():
     }
 
 
+def _oa_query(name, schema, description):
+    return {"name": name, "in": "query", "required": False, "schema": schema,
+            "description": description}
+
+
+def _oa_usage_params(providers):
+    """The usage API's query parameters, by name."""
+    query, string = _oa_query, {"type": "string"}
+    when = {"type": "string", "examples": ["24h", "2026-11-25T10:00:00Z"]}
+    return {
+        "since": query("since", when, "Start of the window (inclusive): ISO 8601 "
+                       "(`2026-11-25T10:00:00Z`, no zone = UTC) or a time ago (`30m`, `24h`, "
+                       f"`7d`, `2w`; units {', '.join(_UNIT_SECONDS)}). Empty = open. A bad "
+                       "value is a 400 naming it."),
+        "until": query("until", when, "End of the window (exclusive), as `since`; must be "
+                       "after `since`."),
+        "provider": query("provider", {"type": "string", "enum": list(providers)},
+                          "Only this provider."),
+        "model": query("model", string, "Only this model, as clients named it."),
+        "api": query("api", {"type": "string", "enum": list(APIS)}, "Only this API's "
+                     "requests."),
+        "instance": query("instance", string, "Only this bridge's requests (INSTANCE_NAME)."),
+        "limit": query("limit", {"type": "integer", "minimum": 1, "maximum": _RECENT_MAX,
+                                 "default": 50}, f"How many rows, 1 to {_RECENT_MAX}."),
+        "bucket": query("bucket", {"type": "string", "enum": list(UsageStore.BUCKETS),
+                                   "default": "hour"}, "Bucket size; `minute` needs `since` "
+                        "within 2 days of `until` (or of now)."),
+    }
+
+
 def _oa_other_paths(providers):
     unauthorized = {"401": _oa_ref("Unauthorized", "responses")}
     usage_errors = {"400": _oa_ref("BadRequest", "responses"), **unauthorized}
     string = {"type": "string"}
-    when = {"type": "string", "examples": ["24h", "2026-11-25T10:00:00Z"]}
-
-    def query(name, schema, description):
-        return {"name": name, "in": "query", "required": False, "schema": schema,
-                "description": description}
 
     def listing(description, name):
         return _oa_response(description, {"type": "array", "items": _oa_ref(name)})
 
-    since = query("since", when, "Start of the window (inclusive): ISO 8601 "
-                  "(`2026-11-25T10:00:00Z`, no zone = UTC) or a time ago (`30m`, `24h`, `7d`, "
-                  f"`2w`; units {', '.join(_UNIT_SECONDS)}). Empty = open. A bad value is a "
-                  "400 naming it.")
-    until = query("until", when, "End of the window (exclusive), as `since`; must be after "
-                  "`since`.")
-    provider = query("provider", {"type": "string", "enum": list(providers)},
-                     "Only this provider.")
-    model = query("model", string, "Only this model, as clients named it.")
-    api = query("api", {"type": "string", "enum": list(APIS)}, "Only this API's requests.")
-    limit = query("limit", {"type": "integer", "minimum": 1, "maximum": _RECENT_MAX,
-                            "default": 50}, f"How many rows, 1 to {_RECENT_MAX}.")
-    bucket = query("bucket", {"type": "string", "enum": list(UsageStore.BUCKETS),
-                              "default": "hour"}, "Bucket size; `minute` needs `since` within "
-                   "2 days of `until` (or of now).")
+    params = _oa_usage_params(providers)
+    since, until, provider, model, api, instance, limit, bucket = (params[name] for name in (
+        "since", "until", "provider", "model", "api", "instance", "limit", "bucket"))
     return {
         "/": _oa_operation(
             "getIndex", "service",
@@ -6742,18 +7315,19 @@ def _oa_other_paths(providers):
             "`ollama/<name>`.",
             {"200": _oa_response("The models.", _oa_ref("ModelList")), **unauthorized}),
         "/v1/usage": _oa_operation(
-            "getUsage", "usage", "Totals per model, provider and API, busiest first.",
+            "getUsage", "usage", "Totals per model, provider, API and instance, busiest "
+            "first.",
             {"200": listing("Totals.", "UsageSummary"), **usage_errors},
-            parameters=[since, until, provider, model, api]),
+            parameters=[since, until, provider, model, api, instance]),
         "/v1/usage/recent": _oa_operation(
             "getRecentUsage", "usage", "The latest usage rows, newest first.",
             {"200": listing("Rows.", "UsageRow"), **usage_errors},
-            parameters=[limit, since, api]),
+            parameters=[limit, since, api, instance]),
         "/v1/usage/timeseries": _oa_operation(
             "getUsageTimeseries", "usage",
             "Sums per minute, hour or day, oldest first (only buckets with requests).",
             {"200": listing("Buckets.", "UsageBucket"), **usage_errors},
-            parameters=[bucket, since, until, provider, model, api]),
+            parameters=[bucket, since, until, provider, model, api, instance]),
         "/health": _oa_operation(
             "getHealth", "service", "Whether the bridge can serve; never needs a key.",
             {"200": _oa_response("The state (also when degraded).", {"oneOf": [
@@ -7000,13 +7574,17 @@ def _oa_service_schemas(providers):
         "duration_ms": nullable("integer", minimum=0),
         "ttft_ms": nullable("integer", minimum=0,
                             description="Time to the first token; null when none came."),
-        "via": {"type": ["string", "null"], "enum": ["held", "rebuilt", "forked", None],
+        "via": {"type": ["string", "null"],
+                "enum": ["held", "rebuilt", "forked", "elsewhere", None],
                 "description": "held: the turn continued a Claude run that waited for the "
                 "client's tool results; rebuilt: that run was gone, so a new one got the "
                 "whole history; forked: a regenerated or edited message, resumed from where "
-                "a Claude session holds the history before it."},
+                "a Claude session holds the history before it; elsewhere: another bridge on "
+                "the shared store held the session."},
         "api": {"type": "string", "enum": list(APIS), "description": "The API the request "
-                "came in by."}}
+                "came in by."},
+        "instance": {"type": "string", "description": "The bridge that answered it "
+                     "(INSTANCE_NAME; empty for rows from before instances)."}}
     return {
         "Model": _oa_record({
             "id": {"type": "string", "examples": ["claude-code", "ollama/llama3.2:latest"]},
@@ -7019,7 +7597,7 @@ def _oa_service_schemas(providers):
         "UsageSummary": _oa_record({
             "model": nullable("string", description="null only for rows migrated without "
                               "one."), "provider": "string?",
-            "api": {"type": "string", "enum": list(APIS)},
+            "api": {"type": "string", "enum": list(APIS)}, "instance": "string",
             "requests": {"type": "integer", "minimum": 1},
             "errors": {"type": "integer", "minimum": 0,
                        "description": "Requests whose outcome was not ok."},
@@ -7047,7 +7625,14 @@ def _oa_service_schemas(providers):
                                           "warning": "string?", "error": "string?"}),
                     "ollama": _oa_record({"ok": "boolean", "url": "string",
                                           "version": "string?", "error": "string?"})}},
-            "database": _oa_record({"path": "string", "ok": "boolean", "error": "string?"})}),
+            "database": _oa_record({"path": "string", "ok": "boolean", "error": "string?",
+                                    "queued": {"type": "integer", "minimum": 0},
+                                    "dropped": {"type": "integer", "minimum": 0}},
+                                   required=["path", "ok", "error"],
+                                   description="With USAGE_DB_URL: `path` is the URL "
+                                   "without its password, `queued` the rows and writes "
+                                   "waiting for PostgreSQL, `dropped` the rows a full queue "
+                                   "refused.")}),
     }
 
 

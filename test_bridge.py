@@ -1279,8 +1279,9 @@ def test_go_bridge_database_is_migrated_in_place(start, tmp_path):
     br = start(USAGE_DB_PATH=str(path))
     summary = {s["model"]: s for s in requests.get(br.url + "/v1/usage", timeout=10).json()}
     assert summary["claude-code"] == {
-        "model": "claude-code", "provider": "claude", "api": "chat", "requests": 2,
-        "errors": 1, "prompt_tokens": 30, "completion_tokens": 5, "total_tokens": 35,
+        "model": "claude-code", "provider": "claude", "api": "chat", "instance": "",
+        "requests": 2, "errors": 1, "prompt_tokens": 30, "completion_tokens": 5,
+        "total_tokens": 35,
         "avg_duration_ms": 200.0, "cached_tokens": 0, "cost_usd": 0}
     assert summary["ollama/llama3.2"]["total_tokens"] == 10
     old = requests.get(br.url + "/v1/usage?until=2025-06-01", timeout=10).json()

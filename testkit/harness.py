@@ -75,7 +75,14 @@ class Running:
         return [r for r in self.runs() if "--version" not in r["argv"]]
 
     def rows(self):
-        """The usage rows, oldest first."""
+        """The usage rows, oldest first (from PostgreSQL once they reached it, with
+        USAGE_DB_URL)."""
+        if self.settings.usage_db_url:
+            import psycopg
+            from psycopg.rows import dict_row
+            assert self.app.bridge.store.flush(), "rows still waiting for PostgreSQL"
+            with psycopg.connect(self.settings.usage_db_url, row_factory=dict_row) as db:
+                return db.execute("SELECT * FROM requests ORDER BY id").fetchall()
         db = sqlite3.connect(self.settings.usage_db_path)
         db.row_factory = sqlite3.Row
         try:

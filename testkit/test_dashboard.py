@@ -139,18 +139,19 @@ def test_rows_render_in_totals_models_recent_and_chart(start, page):
     by_model = {c[0]: c for c in cells}
     assert set(by_model) == {"claude-code", HOSTILE}
     cc = by_model["claude-code"]
-    assert len(cc) == 11 and cc[1:3] == ("claude", "chat") and cc[3:5] == ("2", "1")
+    assert len(cc) == 12 and cc[1:4] == ("claude", "chat", br.app.bridge.instance)
+    assert cc[4:6] == ("2", "1")
     want = next(r for r in usage if r["model"] == "claude-code")
-    assert cc[5:9] == tuple(f"{want[k]:,}" for k in (
+    assert cc[6:10] == tuple(f"{want[k]:,}" for k in (
         "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens"))
-    assert re.fullmatch(r"[\d,]+", cc[10])
+    assert re.fullmatch(r"[\d,]+", cc[11])
 
     # The recent list, newest first.
     recent = pg.locator("#recent tbody tr")
     expect(recent).to_have_count(3)
     assert recent.locator("td.model").all_text_contents() == [HOSTILE, "claude-code", "claude-code"]
     assert recent.nth(2).locator(".badge").text_content() == "ok"
-    assert recent.nth(1).locator("td").nth(5).text_content() == "502"
+    assert recent.nth(1).locator("td").nth(6).text_content() == "502"
 
     # The chart: an SVG with bars, a token line and labelled axes.
     svg = pg.locator("#chart svg")
@@ -388,3 +389,20 @@ def test_the_api_filter_refetches_only_that_api(start, page):
     assert cells[:3] == ["claude-code", "claude", "responses"]
     pg.select_option("#api", "")
     expect(pg.locator("#recent tbody tr")).to_have_count(4)
+
+
+def test_the_instance_filter_lists_the_bridges_seen(start, page):
+    br = start(INSTANCE_NAME="laptop")
+    seed(br)  # three requests answered by this bridge
+    br.app.bridge.store.record({"request_id": "elsewhere-1", "model": "sonnet",
+                                "provider": "claude", "outcome": "ok", "status": 200,
+                                "instance": "desk"})
+    pg = page.page
+    open_dashboard(page, br)
+    expect(pg.locator("#recent tbody tr")).to_have_count(4)
+    options = pg.locator("#instance option").all_text_contents()
+    assert sorted(options) == ["all", "desk", "laptop"]
+    pg.select_option("#instance", "desk")
+    assert wait_until(lambda: any("instance=desk" in u for u in page.api_urls("/v1/usage/recent")))
+    expect(pg.locator("#recent tbody tr")).to_have_count(1)
+    expect(pg.locator("#recent tbody tr td.model")).to_have_text("sonnet")

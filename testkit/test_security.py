@@ -198,10 +198,10 @@ def test_an_older_database_has_its_session_ids_replaced_by_tags(start, tmp_path)
     old = bridge.MIGRATIONS
     bridge.MIGRATIONS = old[:5]  # the schema before session tags
     try:
-        store = bridge.UsageStore(str(path))
-        store.put_claude_session(SECRET_SESSION, "uuid-1", str(tmp_path), 0.5)
-        store.close()
-        with sqlite3.connect(path) as db:  # a row as that schema's bridge wrote it
+        bridge.UsageStore(str(path)).close()
+        with sqlite3.connect(path) as db:  # rows as that schema's bridge wrote them
+            db.execute("INSERT INTO claude_sessions VALUES (?, 'uuid-1', ?, 0.5, ?)",
+                       (SECRET_SESSION, str(tmp_path), bridge._utc_now_text()))
             db.execute("INSERT INTO requests (request_id, model, provider, session_id, "
                        "outcome, status) VALUES ('r1', 'm', 'claude', ?, 'ok', 200)",
                        (SECRET_SESSION,))
