@@ -1274,9 +1274,10 @@ class PgStore(UsageStore):
 
     A slow or absent database never holds a response: usage rows go to a local Spool and
     one thread ships them in batches, each at most once (row_key). Other writes (sessions,
-    digests, stored responses) go straight in while the database answers, and wait in
-    memory (the last 10,000) while it does not; reads then find nothing, and conversations
-    heal from the history clients resend."""
+    digests, stored responses) wait in memory (the last 10,000) for the same thread; a
+    read first lets them land (so a conversation's next turn sees its last), and while
+    the database is down finds nothing: conversations heal from the history clients
+    resend."""
 
     dialect = "postgresql"
     shared = True
@@ -1361,6 +1362,7 @@ class PgStore(UsageStore):
         return conn
 
     def _read(self, sql, params=()):
+        self._settle()
         try:
             with self.lock:
                 conn = self._conn("db")
@@ -1377,13 +1379,21 @@ class PgStore(UsageStore):
         return self._write((statement,))
 
     def _write(self, statements):
-        """Run them in one transaction now, or, while the database is down, later."""
-        statements = tuple(statements)
-        if self.pending or not self._apply(statements):
-            self.pending.append(statements)
-            self.wake.set()
-            return False
+        """Queue them for the shipper, which runs them in one transaction, in order: a
+        request never waits on the database (a later read waits for them; see _settle)."""
+        self.pending.append(tuple(statements))
+        self.wake.set()
         return True
+
+    def _settle(self, timeout=1.0):
+        """Let the queued writes land before a read (the next turn of a conversation must
+        see the last one's), unless the database is down: at most `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while self.pending and time.monotonic() < deadline:
+            if time.monotonic() < self.down_until:
+                return  # down: they will not land soon
+            self.wake.set()
+            time.sleep(0.002)
 
     def _apply(self, statements):
         """Whether the statements are done with: run, or refused for good (a bug: logged,
@@ -1402,10 +1412,13 @@ class PgStore(UsageStore):
         except self.psycopg.Error as exc:
             _LOG.error("usage db %s: a write was refused and dropped: %s", self.path, exc)
             return True
+        self._recovered()
+        return True
+
+    def _recovered(self):
         if self.last_error:
             _LOG.warning("usage db %s: writing works again", self.path)
             self.last_error = None
-        return True
 
     def record(self, row):
         if not self.spool.put(_stamped(row)):
@@ -1426,30 +1439,40 @@ class PgStore(UsageStore):
         """Ship spooled rows; True if there may be more."""
         if not batch:
             return False
-        statements = [s for _, row in batch for s in _row_statements(
-            row, insert="INSERT INTO requests")]
-        # A row shipped before a crash is in already: ON CONFLICT skips it, and its sums.
-        if not self._apply_rows(statements):
+        shipped = self._apply_rows([row for _, row in batch])
+        if shipped is None:  # a row the database refuses: each alone, to find it
+            shipped = all(self._apply_rows([row]) is not False for _, row in batch)
+        if not shipped:
             return False
         self.spool.done([i for i, _ in batch])
         return len(batch) == self.BATCH
 
-    def _apply_rows(self, statements):
+    def _apply_rows(self, rows):
+        """True once the rows are in, False while the database cannot be reached, None if
+        it refused them (a lone row refused is logged and dropped)."""
         try:
             with self.write_lock:
                 conn = self._conn("writer")
                 if conn is None:
                     return False
                 with conn.transaction():
-                    for k in range(0, len(statements), 3):
-                        (sql, params), *sums = statements[k:k + 3]
+                    for row in rows:
+                        (sql, params), *sums = _row_statements(row)
+                        # Shipped before a crash? Then it is in already: skip it, and its sums.
                         inserted = conn.execute(_pg_sql(sql) + " ON CONFLICT (row_key)"
                                                 " DO NOTHING RETURNING 1", params).fetchone()
                         for sql, params in sums if inserted else ():
                             conn.execute(_pg_sql(sql), params)
-        except self.psycopg.Error as exc:
+        except self.psycopg.OperationalError as exc:
             self._down("write", exc)
             return False
+        except self.psycopg.Error as exc:
+            if len(rows) > 1:
+                return None
+            _LOG.error("usage db %s: a row was refused and dropped: %s", self.path, exc)
+            self.spool.dropped += 1
+            return True
+        self._recovered()
         return True
 
     def queued(self):
@@ -5124,6 +5147,11 @@ class Responses(Dialect):
                                            recognised=True)
             return chat
         found = bridge.store.get_response(previous, chat.owner)
+        for _ in range(5 if bridge.store.shared else 0):  # another bridge's may be landing
+            if found is not None:
+                break
+            time.sleep(0.05)
+            found = bridge.store.get_response(previous, chat.owner)
         if found is None:
             raise InvalidRequest(f"Previous response with id {previous[:80]!r} not found.",
                                  param="previous_response_id",

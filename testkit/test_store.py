@@ -215,6 +215,7 @@ def test_a_session_held_by_another_bridge_heals_or_is_refused(start, pg_url):
     err = assert_error(refused, 421, "session_elsewhere")
     assert refused.headers["X-Bridge-Session-Owner"] == "a" and "'a'" in err["message"]
     assert healer.post(user("again"), headers=session).status_code == 200
+    assert healer.app.bridge.store.flush()  # (its writes land a moment after its answer)
     # The session now goes with b, which answered its latest turn.
     assert a.post(user("back home"), headers=session).status_code == 200
     rows = a.rows()
@@ -222,3 +223,54 @@ def test_a_session_held_by_another_bridge_heals_or_is_refused(start, pg_url):
         ("a", 200, None), ("c", 421, None), ("b", 200, "elsewhere"), ("a", 200, "elsewhere")]
     # Stateless requests have no session to hold.
     assert strict.post(user("anyone")).status_code == 200
+
+
+def test_a_recognised_conversation_continues_on_both_stores(start, store_env):
+    running = start(RECOGNISE_CONVERSATIONS="true", **store_env)
+    client = running.client()
+    history = [{"role": "user", "content": "first"}]
+    reply = client.chat.completions.create(model="claude-code", messages=history)
+    assert running.app.bridge.store.flush()
+    history += [{"role": "assistant", "content": reply.choices[0].message.content},
+                {"role": "user", "content": "second"}]
+    client.chat.completions.create(model="claude-code", messages=history)
+    runs = running.chat_runs()
+    assert "--resume" in runs[-1]["argv"]  # the same Claude session, only the new turn
+    assert running.app.bridge.store.flush()  # (the rows ship a moment after the answer)
+    sessions = requests.get(f"{running.url}/v1/sessions", timeout=10).json()["data"]
+    assert [s["turns"] for s in sessions] == [2]
+
+
+def test_postgresql_down_at_start_up_is_no_outage(start, pg_url, pg_cluster):
+    pg_cluster.stop()
+    try:
+        running = start(USAGE_DB_URL=pg_url)
+        assert [running.post(user(f"early {i}")).status_code for i in range(3)] == [200] * 3
+        health = requests.get(f"{running.url}/health", timeout=10).json()
+        assert health["database"]["ok"] is False and health["database"]["queued"] == 3
+        assert health["database"]["path"].startswith("postgresql://***@")  # no password
+    finally:
+        pg_cluster.start()
+    assert running.app.bridge.store.flush(timeout=20)
+    assert len(running.rows()) == 3
+    assert requests.get(f"{running.url}/health", timeout=10).json()["database"]["ok"] is True
+
+
+def test_a_row_postgresql_refuses_is_dropped_alone(start, pg_url):
+    running = start(USAGE_DB_URL=pg_url)
+    store = running.app.bridge.store
+    bad = old_row(1, days_ago=0, model="x" * 10)
+    bad["prompt_tokens"] = 2 ** 63  # no bigint holds it
+    for row in (old_row(2, days_ago=0), bad, old_row(3, days_ago=0)):
+        store.record(row)
+    assert store.flush()
+    assert [r["request_id"] for r in running.rows()] == ["old-2", "old-3"]
+    assert store.health()["dropped"] == 1
+
+
+def test_a_postgresql_url_needs_the_driver_and_a_postgresql_scheme(monkeypatch, tmp_path):
+    with pytest.raises(bridge.SettingsError, match="USAGE_DB_URL"):
+        bridge.load_settings(environ={"USAGE_DB_URL": "mysql://x/y"})
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if it were not installed
+    with pytest.raises(bridge.SettingsError, match="psycopg"):
+        bridge.PgStore("postgresql://nobody@127.0.0.1:1/x", str(tmp_path / "s.db"), 100)
