@@ -1238,17 +1238,22 @@ class Spool:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("CREATE TABLE IF NOT EXISTS spool (id INTEGER PRIMARY KEY,"
                         " row TEXT NOT NULL)")
-        self.size = self.db.execute("SELECT COUNT(*) FROM spool").fetchone()[0]
+
+    @property
+    def size(self):
+        """Rows waiting (counted, not tracked: bridges sharing a spool file by mistake
+        ship each other's rows, once each, and still agree on what is left)."""
+        with self.lock:
+            return self.db.execute("SELECT COUNT(*) FROM spool").fetchone()[0]
 
     def put(self, row):
         """Keep a stamped row; False if the spool is full (the row is dropped)."""
+        if self.size >= self.limit:
+            self.dropped += 1
+            return False
         with self.lock:
-            if self.size >= self.limit:
-                self.dropped += 1
-                return False
             self.db.execute("INSERT INTO spool (row) VALUES (?)", (_dumps(row),))
-            self.size += 1
-            return True
+        return True
 
     def take(self, n):
         """[(spool id, row)] of the oldest n rows (they stay until done())."""
@@ -1261,7 +1266,6 @@ class Spool:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.executemany("DELETE FROM spool WHERE id = ?", [(i,) for i in ids])
             self.db.execute("COMMIT")
-            self.size -= len(ids)
 
     def close(self):
         with self.lock:
@@ -1340,18 +1344,19 @@ class PgStore(UsageStore):
     def _session_key(self):
         return getattr(self, "session_key", None) or secrets.token_bytes(32)
 
-    def _down(self, what, exc):
-        """The database failed: leave it alone a while, and say so."""
+    def _down(self, what, exc, name):
+        """The database failed: leave it alone a while, and say so. Only the connection
+        that failed is closed (under its own lock: another thread may be using the
+        other)."""
         self._failed(what, exc)
         self.down_until = time.monotonic() + self.RETRY_SECONDS
-        for name in ("db", "writer"):
-            conn = getattr(self, name)
-            setattr(self, name, None)
-            if conn is not None:
-                try:
-                    conn.close()
-                except Exception:
-                    pass
+        conn = getattr(self, name)
+        setattr(self, name, None)
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
 
     def _conn(self, name):
         """The named connection, (re)connected; None while the database is down."""
@@ -1368,7 +1373,7 @@ class PgStore(UsageStore):
                 conn = self._conn("db")
                 rows = [] if conn is None else conn.execute(_pg_sql(sql), params).fetchall()
         except self.psycopg.Error as exc:
-            self._down("read", exc)
+            self._down("read", exc, "db")
             return []
         # SUM() of a bigint is numeric: the figures are plain numbers, as SQLite's.
         return [tuple(float(v) if type(v).__name__ == "Decimal" else v for v in row)
@@ -1407,7 +1412,7 @@ class PgStore(UsageStore):
                     for sql, params in statements:
                         conn.execute(_pg_sql(sql), params)
         except self.psycopg.OperationalError as exc:
-            self._down("write", exc)
+            self._down("write", exc, "writer")
             return False
         except self.psycopg.Error as exc:
             _LOG.error("usage db %s: a write was refused and dropped: %s", self.path, exc)
@@ -1426,9 +1431,12 @@ class PgStore(UsageStore):
                          self.spool.limit)
         self.wake.set()
 
+    GATHER = 0.02  # seconds a wake-up waits for more rows: one transaction for a burst
+
     def _ship_forever(self):
         while not self.stopped.is_set():
             self.wake.wait(0.5)
+            self.stopped.wait(self.GATHER)
             self.wake.clear()
             while self.pending and self._apply(self.pending[0]):
                 self.pending.popleft()
@@ -1464,7 +1472,7 @@ class PgStore(UsageStore):
                         for sql, params in sums if inserted else ():
                             conn.execute(_pg_sql(sql), params)
         except self.psycopg.OperationalError as exc:
-            self._down("write", exc)
+            self._down("write", exc, "writer")
             return False
         except self.psycopg.Error as exc:
             if len(rows) > 1:

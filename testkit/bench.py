@@ -2,11 +2,20 @@
 
     python testkit/bench.py first-byte [--runs 30] [--real-cli PATH]
     python testkit/bench.py usage [--rows 1000000]
+    python testkit/bench.py store [--requests 2000] [--rows 1000000]
     python testkit/bench.py overhead [--requests 2000]
     python testkit/bench.py tools [--rounds 3] [--runs 3] [--real-cli PATH]
     python testkit/bench.py idle-memory [--concurrency 4] [--real-cli PATH]
     python testkit/bench.py chat-ui [--turns 5] [--runs 3] [--pause 1] [--real-cli PATH]
     python testkit/bench.py dialects [--requests 1000]
+
+store: the usage store's cost, PostgreSQL (USAGE_DB_URL, throwaway server of testkit/pg.py)
+vs SQLite, in one run: two `python bridge.py` (one per store) and the fake Ollama called
+directly, cells interleaved, at concurrency 1 and 16: p50/p95, the latency each bridge adds
+over the direct call, the bridge's CPU per request (its shipping thread included) and the
+PostgreSQL server's; then GET /v1/usage (and its filtered forms) over --rows rows seeded
+alike in both (PostgreSQL: INSERT ... SELECT generate_series, with the hourly and daily
+sums built from the rows), p50/p95 side by side (target: at most 50 ms).
 
 dialects: the same non-streamed Ollama turn (fake Ollama in its own process) through chat
 completions, Responses (with and without storing the response), Anthropic Messages and
@@ -193,83 +202,156 @@ def first_byte(args):
               f"{s_text:15.1f} {w_text / b_text:10.2f} {s_text / b_text:11.2f}")
 
 
-def usage(args):
-    """GET /v1/usage over a big history, and the cost of logging one request."""
+_SEED_MODELS = [("claude-code", "claude"), ("sonnet", "claude"), ("opus", "claude"),
+                ("haiku", "claude"), ("ollama/llama3.2", "ollama"), ("ollama/qwen2.5", "ollama")]
+
+
+def _seed_rollups(db):
+    """The hourly and daily sums of the seeded rows, as the store keeps them on insert
+    (keyed by model, provider, api and instance); SQLite's or psycopg's connection."""
+    keys = ", ".join(bridge._ROLLUP_KEYS)
+    for table, column, width in bridge._LEVELS[:-1]:
+        db.execute(f"DELETE FROM {table}")
+        db.execute(f"INSERT INTO {table} ({column}, {keys}, {', '.join(bridge._SUMS)})"
+                   f" SELECT substr(ts, 1, {width}), COALESCE(model, ''),"
+                   f" COALESCE(provider, ''), api, instance, {bridge._RAW_SUMS}"
+                   " FROM requests GROUP BY 1, 2, 3, 4, 5")
+
+
+def _seed_sqlite(path, rows, instances=("",)):
+    """A SQLite usage database of `rows` requests over the last year, and its sums;
+    {table: rows}."""
     import random
-    import sqlite3
-    tmp = tempfile.mkdtemp(prefix="bench-usage-")
-    path = os.path.join(tmp, "usage.db")
     bridge.UsageStore(path).close()  # the current schema
     db = sqlite3.connect(path)
     rnd = random.Random(1)
     now = time.time()
-    models = [("claude-code", "claude"), ("sonnet", "claude"), ("opus", "claude"),
-              ("haiku", "claude"), ("ollama/llama3.2", "ollama"), ("ollama/qwen2.5", "ollama")]
-    t0 = time.perf_counter()
     batch = []
-    for i in range(args.rows):
-        model, provider = models[i % len(models)]
+    for i in range(rows):
+        model, provider = _SEED_MODELS[i % len(_SEED_MODELS)]
         p, c = rnd.randint(10, 5000), rnd.randint(1, 2000)
         batch.append((bridge._ts_text(now - rnd.random() * 365 * 86400), f"chatcmpl-{i}",
                       model, provider, None, i % 2, "ok" if i % 17 else "error",
                       200 if i % 17 else 502, None, p, c, p + c, p // 3, 0.0001 * c,
-                      rnd.randint(50, 20000), 40, 0 if i % 17 else 1))
-        if len(batch) == 50_000 or i == args.rows - 1:
+                      rnd.randint(50, 20000), 40, 0 if i % 17 else 1,
+                      instances[i // len(_SEED_MODELS) % len(instances)]))
+        if len(batch) == 50_000 or i == rows - 1:
             db.executemany("INSERT INTO requests (ts, request_id, model, provider, session_id,"
                            " stream, outcome, status, error, prompt_tokens, completion_tokens,"
                            " total_tokens, cached_tokens, cost_usd, duration_ms, ttft_ms,"
-                           " is_error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", batch)
+                           " is_error, instance) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                           batch)
             batch.clear()
-    for table, _, width in bridge._LEVELS[:-1]:  # the rollups, as the migrations build them
-        db.execute(f"DELETE FROM {table}")
-        db.execute(f"INSERT INTO {table} SELECT substr(ts, 1, {width}), model, provider, "
-                   + bridge._RAW_SUMS + " FROM requests GROUP BY 1, 2, 3")
+    _seed_rollups(db)
     db.commit()
     sizes = {t: db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
              for t, _, _ in bridge._LEVELS}
     db.close()
+    return sizes
+
+
+def _seed_postgres(url, spool, rows, instances=("",)):
+    """The same history as _seed_sqlite (same shape: models, outcomes, token ranges, a
+    year) in PostgreSQL, made by the server (INSERT ... SELECT generate_series), its sums
+    and statistics (VACUUM ANALYZE, as autovacuum would have); {table: rows}."""
+    import psycopg
+    bridge.PgStore(url, spool, 1000).close()  # the current schema, by the bridge's migrations
+    names = [m for m, _ in _SEED_MODELS]
+    providers = [p for _, p in _SEED_MODELS]
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute("SELECT setseed(0.1)")
+        with db.transaction():
+            db.execute(
+                "INSERT INTO requests (ts, request_id, model, provider, session_id, stream,"
+                " outcome, status, error, prompt_tokens, completion_tokens, total_tokens,"
+                " cached_tokens, cost_usd, duration_ms, ttft_ms, is_error, api, instance,"
+                " row_key)"
+                " SELECT to_char(%(now)s::timestamp - random() * interval '365 days',"
+                "  'YYYY-MM-DD HH24:MI:SS.MS'), 'chatcmpl-' || i,"
+                "  (%(models)s::text[])[i %% 6 + 1], (%(providers)s::text[])[i %% 6 + 1], NULL,"
+                "  i %% 2, CASE WHEN i %% 17 <> 0 THEN 'ok' ELSE 'error' END,"
+                "  CASE WHEN i %% 17 <> 0 THEN 200 ELSE 502 END, NULL, p, c, p + c, p / 3,"
+                "  0.0001 * c, 50 + floor(random() * 19951)::int, 40,"
+                "  CASE WHEN i %% 17 <> 0 THEN 0 ELSE 1 END, 'chat',"
+                "  (%(instances)s::text[])[i / 6 %% %(n)s + 1],"
+                "  (%(instances)s::text[])[i / 6 %% %(n)s + 1] || '/chatcmpl-' || i"
+                " FROM (SELECT i, 10 + floor(random() * 4991)::int AS p,"
+                "  1 + floor(random() * 2000)::int AS c FROM generate_series(0, %(rows)s - 1) i) s",
+                {"now": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "models": names,
+                 "providers": providers, "instances": list(instances), "n": len(instances),
+                 "rows": rows})
+            _seed_rollups(db)
+        db.execute("VACUUM ANALYZE")
+        return {t: db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+                for t, _, _ in bridge._LEVELS}
+
+
+_USAGE_CASES = [("/v1/usage", {}), ("/v1/usage?since=24h", {"since": "24h"}),
+                ("/v1/usage?since=7d&provider=claude", {"since": "7d", "provider": "claude"}),
+                ("/v1/usage?since=2026-01-01T10:30:00Z", {"since": "2026-01-01T10:30:00Z"}),
+                ("/v1/usage/timeseries?bucket=day", None),
+                ("/v1/usage/recent?limit=50", None)]
+
+
+def _usage_times(url, store, runs=30):
+    """{path: (HTTP p50 ms, HTTP p95 ms, store.summary p50 ms or None)} of _USAGE_CASES."""
+    http = requests.Session()
+    out = {}
+    for path, filters in _USAGE_CASES:
+        http.get(url + path, timeout=60).raise_for_status()
+        times = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            http.get(url + path, timeout=60).raise_for_status()
+            times.append(time.perf_counter() - t)
+        inner = None
+        if filters is not None:
+            kw = {k: bridge.parse_time(v, k) if k in ("since", "until") else v
+                  for k, v in filters.items()}
+            st = []
+            for _ in range(runs):
+                t = time.perf_counter()
+                store.summary(**kw)
+                st.append(time.perf_counter() - t)
+            inner = median_ms(st)
+        out[path] = (median_ms(times), _pct(times, .95), inner)
+    return out
+
+
+_ROW = {"request_id": "chatcmpl-x", "model": "claude-code", "provider": "claude",
+        "session_id": None, "stream": True, "outcome": "ok", "status": 200,
+        "prompt_tokens": 666, "completion_tokens": 44, "cached_tokens": 333,
+        "cost_usd": 0.0025, "duration_ms": 444, "ttft_ms": 120}
+
+
+def _record_ms(store, n=5000):
+    """Mean ms of store.record(row) (for PostgreSQL: into the spool, then shipped)."""
+    t = time.perf_counter()
+    for i in range(n):
+        store.record({**_ROW, "request_id": f"chatcmpl-bench-{i}"})
+    per = (time.perf_counter() - t) / n * 1000
+    store.flush(timeout=60)
+    return per
+
+
+def usage(args):
+    """GET /v1/usage over a big history, and the cost of logging one request."""
+    tmp = tempfile.mkdtemp(prefix="bench-usage-")
+    path = os.path.join(tmp, "usage.db")
+    t0 = time.perf_counter()
+    sizes = _seed_sqlite(path, args.rows)
     print(f"built in {time.perf_counter() - t0:.1f} s: "
           + ", ".join(f"{t} {n:,} rows" for t, n in sizes.items()))
     server, url = serve({"PORT": "0", "USAGE_DB_PATH": path, "CLAUDE_WORKDIR": tmp})
     store = server.app.bridge.store
     total = sum(s["requests"] for s in store.summary())
     assert total == args.rows, (total, args.rows)
-    http = requests.Session()
-    cases = [("/v1/usage", {}), ("/v1/usage?since=24h", {"since": "24h"}),
-             ("/v1/usage?since=7d&provider=claude", {"since": "7d", "provider": "claude"}),
-             ("/v1/usage?since=2026-01-01T10:30:00Z", {"since": "2026-01-01T10:30:00Z"}),
-             ("/v1/usage/timeseries?bucket=day", None),
-             ("/v1/usage/recent?limit=50", None)]
     print(f"{'request':42} {'HTTP p50 ms':>12} {'HTTP p95 ms':>12} {'store p50 ms':>13}")
-    for path, filters in cases:
-        http.get(url + path, timeout=60).raise_for_status()
-        times = []
-        for _ in range(30):
-            t = time.perf_counter()
-            http.get(url + path, timeout=60).raise_for_status()
-            times.append(time.perf_counter() - t)
-        inner = ""
-        if filters is not None:
-            kw = {k: bridge.parse_time(v, k) if k in ("since", "until") else v
-                  for k, v in filters.items()}
-            st = []
-            for _ in range(30):
-                t = time.perf_counter()
-                store.summary(**kw)
-                st.append(time.perf_counter() - t)
-            inner = f"{median_ms(st):13.2f}"
-        times.sort()
-        print(f"{path:42} {median_ms(times):12.2f} {times[int(len(times) * 0.95)] * 1000:12.2f}"
-              f" {inner}")
-    row = {"request_id": "chatcmpl-x", "model": "claude-code", "provider": "claude",
-           "session_id": None, "stream": True, "outcome": "ok", "status": 200,
-           "prompt_tokens": 666, "completion_tokens": 44, "cached_tokens": 333,
-           "cost_usd": 0.0025, "duration_ms": 444, "ttft_ms": 120}
+    for path, (p50, p95, inner) in _usage_times(url, store).items():
+        print(f"{path:42} {p50:12.2f} {p95:12.2f} "
+              + (f"{inner:13.2f}" if inner is not None else ""))
     n = 5000
-    t = time.perf_counter()
-    for _ in range(n):
-        store.record(row)
-    per = (time.perf_counter() - t) / n * 1000
+    per = _record_ms(store, n)
     print(f"logging one request (row + hourly and daily sums, one transaction): {per:.3f} ms "
           f"(mean of {n:,} on the {args.rows:,}-row database)")
     bridge.stop_server(server, server.thread)
@@ -419,6 +501,148 @@ def overhead(args):
         proc.wait()
         fake.terminate()
         fake.wait()
+
+
+def _pg_cpu_seconds(cluster):
+    """CPU of the PostgreSQL server: the postmaster, its live backends and those gone."""
+    from testkit import pg
+    pid = cluster.pid
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    total = sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    for child in pg._children(pid):
+        try:
+            total += _cpu_seconds(child)
+        except OSError:
+            pass
+    return total
+
+
+def _queued(port):
+    return requests.get(f"http://127.0.0.1:{port}/health", timeout=10).json()["database"].get(
+        "queued", 0)
+
+
+def store(args):
+    """The usage store's cost: logging to PostgreSQL vs SQLite per request, and GET
+    /v1/usage over 1,000,000 rows in each."""
+    from testkit.pg import Cluster
+    tmp = tempfile.mkdtemp(prefix="bench-store-")
+    fake = subprocess.Popen([sys.executable, str(ROOT / "testkit" / "fake_ollama.py"),
+                             "--port", "0"], stdout=subprocess.PIPE, text=True)
+    procs = []
+    with Cluster() as cluster:
+        try:
+            fake_url = fake.stdout.readline().split()[-1]
+            fake_port = int(fake_url.rsplit(":", 1)[1])
+            base = {**os.environ, "PORT": "0", "OLLAMA_URL": fake_url, "CLAUDE_WORKDIR": tmp,
+                    "THREADS": "64", "INSTANCE_NAME": "bench"}
+            base.pop("USAGE_DB_URL", None)
+            sqlite_proc, sqlite_port = _start_bridge(
+                [sys.executable, str(ROOT / "bridge.py")],
+                {**base, "USAGE_DB_PATH": os.path.join(tmp, "sqlite.db")})
+            procs.append(sqlite_proc)
+            pg_proc, pg_port = _start_bridge(
+                [sys.executable, str(ROOT / "bridge.py")],
+                {**base, "USAGE_DB_PATH": os.path.join(tmp, "spool.db"),
+                 "USAGE_DB_URL": cluster.url("bench_requests")})
+            procs.append(pg_proc)
+            direct_body = json.dumps({"model": "llama3.2", "stream": False, "messages": [
+                {"role": "user", "content": "hello"}]}).encode()
+            bridge_body = json.dumps({"model": "ollama/llama3.2", "messages": [
+                {"role": "user", "content": "hello"}]}).encode()
+            sides = {"direct": (fake_port, "/api/chat", direct_body, None),
+                     "sqlite": (sqlite_port, "/v1/chat/completions", bridge_body, sqlite_proc),
+                     "postgresql": (pg_port, "/v1/chat/completions", bridge_body, pg_proc)}
+            for port, path, body, _ in sides.values():
+                _load(port, path, body, 200, 4)  # warm-up: connections, pools, caches
+            print(f"1. logging a request: non-streamed Ollama turn (fake Ollama, its own "
+                  f"process), {args.requests} requests per cell, cells interleaved twice; "
+                  "CPU per request of the bridge process (its shipping thread included, "
+                  "measured once its spool is empty) and of the PostgreSQL server")
+            print(f"{'conc':>4} {'store':11} {'p50 ms':>8} {'p95 ms':>8} {'req/s':>7} "
+                  f"{'added p50':>10} {'bridge CPU ms':>14} {'PG CPU ms':>10}")
+            for concurrency in (1, 16):
+                results = {}
+                for _ in range(2):
+                    for name, (port, path, body, proc) in sides.items():
+                        cpu0 = _cpu_seconds(proc.pid) if proc else 0.0
+                        pg0 = _pg_cpu_seconds(cluster)
+                        lat, secs = _load(port, path, body, args.requests, concurrency)
+                        if proc is not None:
+                            deadline = time.monotonic() + 60
+                            while _queued(port) and time.monotonic() < deadline:
+                                time.sleep(0.02)
+                        cpu = _cpu_seconds(proc.pid) - cpu0 if proc else 0.0
+                        results.setdefault(name, []).append(
+                            (lat, secs, cpu, _pg_cpu_seconds(cluster) - pg0))
+                direct_p50 = _pct([x for r in results["direct"] for x in r[0]], .5)
+                for name, runs in results.items():
+                    lat = [x for r in runs for x in r[0]]
+                    n = len(lat)
+                    cells = (f"{concurrency:4} {name:11} {_pct(lat, .5):8.2f} "
+                             f"{_pct(lat, .95):8.2f} {n / sum(r[1] for r in runs):7.0f}")
+                    if name != "direct":
+                        cells += (f" {_pct(lat, .5) - direct_p50:10.2f}"
+                                  f" {sum(r[2] for r in runs) / n * 1000:14.3f}"
+                                  f" {sum(r[3] for r in runs) / n * 1000:10.3f}")
+                    print(cells)
+        finally:
+            for proc in procs:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            fake.terminate()
+            fake.wait()
+
+        print(f"2. GET /v1/usage over {args.rows:,} rows (6 models, 3 instances, a year), "
+              "the bridge in this process")
+        figures = {}
+        t0 = time.perf_counter()
+        path = os.path.join(tmp, "usage.db")
+        sizes = _seed_sqlite(path, args.rows, instances=("b1", "b2", "b3"))
+        print(f"  SQLite built in {time.perf_counter() - t0:.1f} s: "
+              + ", ".join(f"{t} {n:,}" for t, n in sizes.items()))
+        t0 = time.perf_counter()
+        url = cluster.url("bench_usage")
+        sizes = _seed_postgres(url, os.path.join(tmp, "seed-spool.db"), args.rows,
+                               instances=("b1", "b2", "b3"))
+        print(f"  PostgreSQL built in {time.perf_counter() - t0:.1f} s (INSERT ... SELECT "
+              "generate_series, sums, VACUUM ANALYZE): "
+              + ", ".join(f"{t} {n:,}" for t, n in sizes.items()))
+        record = {}
+        for name, env in (("sqlite", {"USAGE_DB_PATH": path}),
+                          ("postgresql", {"USAGE_DB_URL": url,
+                                          "USAGE_DB_PATH": os.path.join(tmp, "spool2.db")})):
+            server, served = serve({"PORT": "0", "CLAUDE_WORKDIR": tmp,
+                                    "INSTANCE_NAME": "bench", **env})
+            try:
+                running = server.app.bridge.store
+                total = sum(s["requests"] for s in running.summary())
+                assert total == args.rows, (name, total, args.rows)
+                figures[name] = _usage_times(served, running)
+                record[name] = _record_ms(running)
+            finally:
+                bridge.stop_server(server, server.thread)
+                server.app.bridge.close()
+        print(f"  {'request':40} {'SQLite p50':>10} {'PG p50':>8} {'PG p95':>8} "
+              f"{'PG store p50':>13}  (ms; target: PG p50 <= 50)")
+        worst = 0.0
+        for path_, _ in _USAGE_CASES:
+            s50, _, _ = figures["sqlite"][path_]
+            p50, p95, inner = figures["postgresql"][path_]
+            worst = max(worst, p50)
+            print(f"  {path_:40} {s50:10.2f} {p50:8.2f} {p95:8.2f} "
+                  + (f"{inner:13.2f}" if inner is not None else f"{'':13}"))
+        print(f"  slowest PostgreSQL p50: {worst:.2f} ms "
+              f"({'within' if worst <= 50 else 'OVER'} the 50 ms target)")
+        print(f"  store.record() in process: SQLite {record['sqlite']:.3f} ms (row and sums, "
+              f"one transaction), PostgreSQL {record['postgresql']:.3f} ms (into the spool; "
+              "shipped by its thread)")
 
 
 def dialects(args):
@@ -1125,6 +1349,9 @@ def main():
     fb.add_argument("--real-cli", default=None)
     us = sub.add_parser("usage")
     us.add_argument("--rows", type=int, default=1_000_000)
+    st = sub.add_parser("store")
+    st.add_argument("--requests", type=int, default=2000)
+    st.add_argument("--rows", type=int, default=1_000_000)
     ov = sub.add_parser("overhead")
     ov.add_argument("--requests", type=int, default=2000)
     ov.add_argument("--threads", type=int, default=64)
@@ -1145,7 +1372,7 @@ def main():
                     help="seconds between turns (a user reading the reply)")
     cu.add_argument("--real-cli", default=None)
     args = parser.parse_args()
-    {"first-byte": first_byte, "usage": usage, "overhead": overhead, "tools": tools,
+    {"first-byte": first_byte, "usage": usage, "store": store, "overhead": overhead, "tools": tools,
      "idle-memory": idle_memory, "chat-ui": chat_ui, "dialects": dialects}[args.command](args)
 
 

@@ -1,6 +1,8 @@
 """Load and fault script: prints figures. test_bridge.py runs it at a smaller size.
 
     python testkit/load.py [--streams 200] [--requests 10000] [--concurrency 50]
+    python testkit/load.py --postgres [--bridges 3] [--requests 10000] [--concurrency 50]
+                           [--kill-requests N] [--outage 10]    (= testkit/load_pg.py)
 
 Starts `python bridge.py` in a subprocess (fake `claude`, fake Ollama in this process, all
 on loopback), then:
@@ -109,10 +111,11 @@ def http():
     return session
 
 
-def chat(url, body, stream=False, hang_up=False, timeout=60):
-    """One request: (expected outcome, observed status, completed response id or None)."""
+def chat(url, body, stream=False, hang_up=False, timeout=60, headers=None):
+    """One request: (observed status, completed response id or None); 499 when the client
+    hung up mid-stream, -1 when a stream ended without [DONE]."""
     resp = http().post(url + "/v1/chat/completions", json=body, stream=stream,
-                       timeout=timeout)
+                       timeout=timeout, headers=headers)
     try:
         if resp.status_code != 200:
             resp.content  # noqa: B018 (drain)
@@ -346,7 +349,18 @@ def main():
     parser.add_argument("--streams", type=int, default=200)
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=50)
-    args = parser.parse_args()
+    parser.add_argument("--postgres", action="store_true",
+                        help="several bridges on one PostgreSQL instead: testkit/load_pg.py "
+                             "(--bridges, --outage, --kill-requests are its options)")
+    args, rest = parser.parse_known_args()
+    if args.postgres:
+        sys.path.insert(0, str(ROOT))
+        from testkit import load_pg
+        sys.argv = [sys.argv[0], "--requests", str(args.requests),
+                    "--concurrency", str(args.concurrency), *rest]
+        return load_pg.main()
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     figures = run(args.streams, args.requests, args.concurrency)
     print(json.dumps(figures, indent=1))
 

@@ -14,6 +14,8 @@ import bridge
 from testkit.harness import ROOT, assert_error, user, wait_until
 
 
+# (pg_url comes before start in a test's arguments: its database is dropped after the
+# bridges stop, not under them.)
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store_env(request):
     """The settings of a bridge on each store."""
@@ -84,7 +86,7 @@ def test_retention_prunes_raw_rows_and_keeps_the_totals(start, store_env):
     assert summary(running) == before  # the hourly and daily sums keep the totals
 
 
-def test_two_bridges_share_one_postgresql(start, pg_url, ollama_fake):
+def test_two_bridges_share_one_postgresql(pg_url, start, ollama_fake):
     env = {"USAGE_DB_URL": pg_url, "OLLAMA_URL": ollama_fake.url}
     a = start(INSTANCE_NAME="a", **env)
     b = start(INSTANCE_NAME="b", **env)
@@ -105,7 +107,7 @@ def test_two_bridges_share_one_postgresql(start, pg_url, ollama_fake):
     assert [m["content"] for m in sent if m["role"] == "user"] == ["remember me", "and now?"]
 
 
-def test_postgresql_outage_costs_no_request_and_no_row(start, pg_url, pg_cluster):
+def test_postgresql_outage_costs_no_request_and_no_row(pg_url, pg_cluster, start):
     running = start(USAGE_DB_URL=pg_url)
     assert running.post(user("before")).status_code == 200
     running.app.bridge.store.flush()
@@ -175,7 +177,7 @@ def test_bridges_starting_together_migrate_once(pg_url, tmp_path):
         s.close()
 
 
-def test_copy_usage_copies_a_sqlite_history_once(start, pg_url, tmp_path):
+def test_copy_usage_copies_a_sqlite_history_once(pg_url, start, tmp_path):
     local = start(INSTANCE_NAME="laptop")
     for i in range(3):
         assert local.post(user(f"q{i}")).status_code == 200
@@ -204,7 +206,7 @@ def test_copy_usage_copies_a_sqlite_history_once(start, pg_url, tmp_path):
     assert json.dumps(summary(shared))  # (the figures are plain JSON)
 
 
-def test_a_session_held_by_another_bridge_heals_or_is_refused(start, pg_url):
+def test_a_session_held_by_another_bridge_heals_or_is_refused(pg_url, start):
     a = start(INSTANCE_NAME="a", USAGE_DB_URL=pg_url)
     healer = start(INSTANCE_NAME="b", USAGE_DB_URL=pg_url)
     strict = start(INSTANCE_NAME="c", USAGE_DB_URL=pg_url, SESSION_ELSEWHERE="refuse")
@@ -241,7 +243,7 @@ def test_a_recognised_conversation_continues_on_both_stores(start, store_env):
     assert [s["turns"] for s in sessions] == [2]
 
 
-def test_postgresql_down_at_start_up_is_no_outage(start, pg_url, pg_cluster):
+def test_postgresql_down_at_start_up_is_no_outage(pg_url, pg_cluster, start):
     pg_cluster.stop()
     try:
         running = start(USAGE_DB_URL=pg_url)
@@ -256,7 +258,7 @@ def test_postgresql_down_at_start_up_is_no_outage(start, pg_url, pg_cluster):
     assert requests.get(f"{running.url}/health", timeout=10).json()["database"]["ok"] is True
 
 
-def test_a_row_postgresql_refuses_is_dropped_alone(start, pg_url):
+def test_a_row_postgresql_refuses_is_dropped_alone(pg_url, start):
     running = start(USAGE_DB_URL=pg_url)
     store = running.app.bridge.store
     bad = old_row(1, days_ago=0, model="x" * 10)
