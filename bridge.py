@@ -1301,6 +1301,7 @@ class PgStore(UsageStore):
         self.pending = collections.deque(maxlen=10_000)  # writes waiting for the database
         self.down_until = 0.0
         self.wake = threading.Event()
+        self.hurry = threading.Event()
         self.stopped = threading.Event()
         self.write_lock = threading.Lock()  # one writer connection
         self.writer = None
@@ -1397,8 +1398,9 @@ class PgStore(UsageStore):
         while self.pending and time.monotonic() < deadline:
             if time.monotonic() < self.down_until:
                 return  # down: they will not land soon
+            self.hurry.set()  # (the shipper skips its wait for more)
             self.wake.set()
-            time.sleep(0.002)
+            time.sleep(0.001)
 
     def _apply(self, statements):
         """Whether the statements are done with: run, or refused for good (a bug: logged,
@@ -1436,7 +1438,8 @@ class PgStore(UsageStore):
     def _ship_forever(self):
         while not self.stopped.is_set():
             self.wake.wait(0.5)
-            self.stopped.wait(self.GATHER)
+            self.hurry.wait(self.GATHER)  # unless a read waits for what is queued
+            self.hurry.clear()
             self.wake.clear()
             while self.pending and self._apply(self.pending[0]):
                 self.pending.popleft()
@@ -1497,6 +1500,7 @@ class PgStore(UsageStore):
         """Wait until everything queued has reached the database (tests, --copy-usage)."""
         deadline = time.monotonic() + timeout
         while self.queued() and time.monotonic() < deadline:
+            self.hurry.set()
             self.wake.set()
             time.sleep(0.02)
         return not self.queued()
@@ -1504,6 +1508,7 @@ class PgStore(UsageStore):
     def close(self):
         self.flush(timeout=5.0)  # what is left waits in the spool for the next start
         self.stopped.set()
+        self.hurry.set()
         self.wake.set()
         self.shipper.join(timeout=15)
         with self.lock, self.write_lock:
@@ -6583,7 +6588,8 @@ def _elsewhere(bridge, chat):
     """'elsewhere' when another bridge on the shared store holds the request's session
     (it heals from the history it brings), or SessionElsewhere under
     SESSION_ELSEWHERE=refuse, so a load balancer can be pointed at the owner."""
-    if not bridge.store.shared or chat.session_id is None:
+    if not bridge.store.shared or chat.session_id is None or (
+            chat.recognised and chat.history_digest is None):  # (a conversation just begun)
         return None
     owner = bridge.store.session_owner(chat.session_id)
     if not owner or owner == bridge.instance:
