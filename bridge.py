@@ -14,6 +14,7 @@ import datetime
 import functools
 import hashlib
 import hmac
+import itertools
 import json
 import logging
 import os
@@ -1402,9 +1403,10 @@ class PgStore(UsageStore):
             self.wake.set()
             time.sleep(0.001)
 
-    def _apply(self, statements):
+    def _apply(self, statements, alone=True):
         """Whether the statements are done with: run, or refused for good (a bug: logged,
-        never retried); False while the database cannot be reached."""
+        never retried); False while the database cannot be reached; None if refused and
+        not `alone` (the caller tries its parts one by one)."""
         try:
             with self.write_lock:
                 conn = self._conn("writer")
@@ -1417,9 +1419,24 @@ class PgStore(UsageStore):
             self._down("write", exc, "writer")
             return False
         except self.psycopg.Error as exc:
+            if not alone:
+                return None
             _LOG.error("usage db %s: a write was refused and dropped: %s", self.path, exc)
             return True
         self._recovered()
+        return True
+
+    def _apply_pending(self):
+        """The queued writes, many in one transaction; whether all of them are done."""
+        while self.pending:
+            groups = list(itertools.islice(self.pending, self.BATCH))
+            done = self._apply([s for group in groups for s in group], alone=len(groups) == 1)
+            if done is None:
+                done = all(self._apply(group) for group in groups)
+            if not done:
+                return False
+            for _ in groups:
+                self.pending.popleft()
         return True
 
     def _recovered(self):
@@ -1441,9 +1458,7 @@ class PgStore(UsageStore):
             self.hurry.wait(self.GATHER)  # unless a read waits for what is queued
             self.hurry.clear()
             self.wake.clear()
-            while self.pending and self._apply(self.pending[0]):
-                self.pending.popleft()
-            while not self.pending and self._ship(self.spool.take(self.BATCH)):
+            while self._apply_pending() and self._ship(self.spool.take(self.BATCH)):
                 pass
 
     def _ship(self, batch):

@@ -157,7 +157,9 @@ MIX = {
     "claude-error": (4, _claude("[fake:error-401]"), False, False, "error", 502),
     "bad-request": (10, {"model": "ollama/llama3.2", "messages": []}, False, False,
                     "error", 400),
-    "hang-up": (8, _ollama("[ollama:slow:20:50]", stream=True), True, True,
+    # 4 s of stream the client leaves after its first piece: time enough, even on a busy
+    # machine, for the bridge to notice before the stream would have ended well.
+    "hang-up": (8, _ollama("[ollama:slow:20:200]", stream=True), True, True,
                 "cancelled", 499),
 }
 
