@@ -1403,28 +1403,37 @@ class PgStore(UsageStore):
             self.wake.set()
             time.sleep(0.001)
 
-    def _apply(self, statements, alone=True):
-        """Whether the statements are done with: run, or refused for good (a bug: logged,
-        never retried); False while the database cannot be reached; None if refused and
-        not `alone` (the caller tries its parts one by one)."""
+    def _transaction(self, work, alone, what, dropped=None):
+        """Run work(connection) in one transaction: True once done, or once refused when
+        `alone` (a bug: logged, dropped, never retried); None if refused and not alone
+        (the caller tries its parts one by one); False while the database is unreachable.
+        `dropped()` is called for what is dropped."""
         try:
             with self.write_lock:
                 conn = self._conn("writer")
                 if conn is None:
                     return False
                 with conn.transaction():
-                    for sql, params in statements:
-                        conn.execute(_pg_sql(sql), params)
+                    work(conn)
         except self.psycopg.OperationalError as exc:
             self._down("write", exc, "writer")
             return False
         except self.psycopg.Error as exc:
             if not alone:
                 return None
-            _LOG.error("usage db %s: a write was refused and dropped: %s", self.path, exc)
+            _LOG.error("usage db %s: %s was refused and dropped: %s", self.path, what, exc)
+            if dropped is not None:
+                dropped()
             return True
         self._recovered()
         return True
+
+    def _apply(self, statements, alone=True):
+        """The statements in one transaction (see _transaction)."""
+        def work(conn):
+            for sql, params in statements:
+                conn.execute(_pg_sql(sql), params)
+        return self._transaction(work, alone, "a write")
 
     def _apply_pending(self):
         """The queued writes, many in one transaction; whether all of them are done."""
@@ -1474,32 +1483,18 @@ class PgStore(UsageStore):
         return len(batch) == self.BATCH
 
     def _apply_rows(self, rows):
-        """True once the rows are in, False while the database cannot be reached, None if
-        it refused them (a lone row refused is logged and dropped)."""
-        try:
-            with self.write_lock:
-                conn = self._conn("writer")
-                if conn is None:
-                    return False
-                with conn.transaction():
-                    for row in rows:
-                        (sql, params), *sums = _row_statements(row)
-                        # Shipped before a crash? Then it is in already: skip it, and its sums.
-                        inserted = conn.execute(_pg_sql(sql) + " ON CONFLICT (row_key)"
-                                                " DO NOTHING RETURNING 1", params).fetchone()
-                        for sql, params in sums if inserted else ():
-                            conn.execute(_pg_sql(sql), params)
-        except self.psycopg.OperationalError as exc:
-            self._down("write", exc, "writer")
-            return False
-        except self.psycopg.Error as exc:
-            if len(rows) > 1:
-                return None
-            _LOG.error("usage db %s: a row was refused and dropped: %s", self.path, exc)
+        """The rows and their sums in one transaction (see _transaction)."""
+        def work(conn):
+            for row in rows:
+                (sql, params), *sums = _row_statements(row)
+                # Shipped before a crash? Then it is in already: skip it, and its sums.
+                inserted = conn.execute(_pg_sql(sql) + " ON CONFLICT (row_key) DO NOTHING"
+                                        " RETURNING 1", params).fetchone()
+                for sql, params in sums if inserted else ():
+                    conn.execute(_pg_sql(sql), params)
+        def count():
             self.spool.dropped += 1
-            return True
-        self._recovered()
-        return True
+        return self._transaction(work, len(rows) == 1, "a row", count)
 
     def queued(self):
         return self.spool.size + len(self.pending)
